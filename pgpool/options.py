@@ -1,0 +1,94 @@
+"""`PoolOptions`: the pool's own settings, validated once, up front.
+
+A pool is constructed as `Pool(minconn, maxconn, *args, **kwargs)`, exactly like
+psycopg2.pool: `args` and `kwargs` go to `psycopg2.connect` unchanged. pgpool's own
+options are keyword-only arguments of the constructor, so they never reach libpq. Their
+names are chosen so that none of them is a libpq connection parameter or an argument of
+`psycopg2.connect` (`connection_factory`, `cursor_factory`, `async`): a test checks it.
+
+Every check raises at construction, naming the option and the bad value, so a typo never
+survives until the first request under load.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+
+Clock = Callable[[], float]
+Connector = Callable[..., Any]
+ConnCallback = Callable[[Any], object]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    """The validated settings of one pool. See the README's option table for the why of each."""
+
+    minconn: int
+    maxconn: int
+    timeout: float = 30.0  # seconds getconn waits for a connection; 0 fails at once
+    max_waiting: int = 0  # callers allowed to queue in getconn; 0 means no limit
+    max_idle: float = 600.0  # idle connections above minconn are closed after this long
+    max_lifetime: float = 3600.0  # a connection is replaced after this long (minus jitter)
+    max_lease: float | None = None  # a checkout longer than this is a leak: reclaimed
+    health_check_after: float = 0.5  # idle longer than this -> ping before handing out
+    max_connecting: int = 2  # connects in flight at once: stops a spike opening maxconn
+    maintenance_interval: float | None = 1.0  # background maintenance period; None: none
+    reset: ConnCallback | None = None  # called on each connection returned to the pool
+    configure: ConnCallback | None = None  # called on each new connection
+    name: str = ""
+    clock: Clock = time.monotonic
+    connector: Connector = psycopg2.connect
+
+    def __post_init__(self) -> None:
+        _check_int("minconn", self.minconn, minimum=0)
+        _check_int("maxconn", self.maxconn, minimum=1)
+        if self.minconn > self.maxconn:
+            raise ValueError(
+                f"minconn ({self.minconn}) must not be greater than maxconn ({self.maxconn})"
+            )
+        _check_seconds("timeout", self.timeout)
+        _check_int("max_waiting", self.max_waiting, minimum=0)
+        _check_seconds("max_idle", self.max_idle, positive=True)
+        _check_seconds("max_lifetime", self.max_lifetime, positive=True)
+        if self.max_lease is not None:
+            _check_seconds("max_lease", self.max_lease, positive=True)
+        _check_seconds("health_check_after", self.health_check_after)
+        _check_int("max_connecting", self.max_connecting, minimum=1)
+        if self.maintenance_interval is not None:
+            _check_seconds("maintenance_interval", self.maintenance_interval, positive=True)
+        for callback in ("reset", "configure", "clock", "connector"):
+            value = getattr(self, callback)
+            if value is not None and not callable(value):
+                raise TypeError(f"{callback} must be callable, got {type(value).__name__}")
+        if not isinstance(self.name, str):
+            raise TypeError(f"name must be a str, got {type(self.name).__name__}")
+
+
+def _check_int(option: str, value: object, *, minimum: int) -> None:
+    # bool is an int subclass, but `maxconn=True` is a mistake, not a size.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{option} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{option} must be >= {minimum}, got {value}")
+
+
+def _check_seconds(option: str, value: object, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{option} must be a number of seconds, got {type(value).__name__} {value!r}"
+        )
+    if math.isnan(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{option} must be {bound} seconds, got {value!r}")
+
+
+def check_timeout(timeout: object) -> float:
+    """Validate a per-call `timeout` argument of getconn/connection()."""
+    _check_seconds("timeout", timeout)
+    return float(timeout)  # type: ignore[arg-type]

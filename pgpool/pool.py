@@ -1,0 +1,498 @@
+"""`AbstractConnectionPool`: the pool's lock, and every step that talks to the server.
+
+How a request flows (the numbers refer to the comments in `getconn`):
+
+1. Under the lock, take the hottest idle connection, or reserve a slot to open a new one,
+   or queue as a waiter and sleep until `PoolState.dispatch` serves you.
+2. Release the lock. Only now do anything slow: open the connection, or ping one that has
+   been idle a while. A dead one is dropped and the loop tries again within the deadline.
+
+`putconn` is the mirror image: a connection that comes back clean goes straight onto the
+idle stack (one short critical section); one that needs a rollback, a session reset or the
+user's `reset` callback is parked in `returning`, cleaned outside the lock, then kept or
+closed. Decisions live in `state.py`; this module does locking and I/O, in that order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+import psycopg2
+from psycopg2.extensions import connection as Connection
+
+from . import connection as conn_ops
+from .errors import PoolClosed, PoolError, PoolTimeout
+from .options import PoolOptions, check_timeout
+from .state import LIFETIME_JITTER, PoolState, Slot, Waiter
+from .stats import PoolStats
+
+logger = logging.getLogger("pgpool")
+
+_pool_numbers = itertools.count(1)
+_live_pools: weakref.WeakSet[AbstractConnectionPool] = weakref.WeakSet()
+
+
+class AbstractConnectionPool:
+    """A pool of psycopg2 connections; see `ThreadedConnectionPool` for the one to use.
+
+    `minconn`, `maxconn`, `*args` and `**kwargs` mean what they mean in psycopg2.pool: the
+    pool keeps at least `minconn` and at most `maxconn` connections, each opened with
+    `psycopg2.connect(*args, **kwargs)`. The keyword-only options are pgpool's own and are
+    documented in `PoolOptions` and the README.
+    """
+
+    _default_timeout = 30.0
+    _maintain_inline = False  # Simple pools run maintenance from their own calls
+
+    def __init__(
+        self,
+        minconn: int,
+        maxconn: int,
+        *args: Any,
+        timeout: float | None = None,
+        max_waiting: int = 0,
+        max_idle: float = 600.0,
+        max_lifetime: float = 3600.0,
+        max_lease: float | None = None,
+        health_check_after: float = 0.5,
+        max_connecting: int = 2,
+        maintenance_interval: float | None = 1.0,
+        reset: Callable[[Any], object] | None = None,
+        configure: Callable[[Any], object] | None = None,
+        name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        connector: Callable[..., Any] = psycopg2.connect,
+        **kwargs: Any,
+    ) -> None:
+        self._options = PoolOptions(
+            minconn=minconn,
+            maxconn=maxconn,
+            timeout=self._default_timeout if timeout is None else timeout,
+            max_waiting=max_waiting,
+            max_idle=max_idle,
+            max_lifetime=max_lifetime,
+            max_lease=max_lease,
+            health_check_after=health_check_after,
+            max_connecting=max_connecting,
+            maintenance_interval=maintenance_interval,
+            reset=reset,
+            configure=configure,
+            name=f"pgpool-{next(_pool_numbers)}" if name is None else name,
+            clock=clock,
+            connector=connector,
+        )
+        # Connection arguments: kept to open connections, never shown (they may hold a password).
+        self._args = args
+        self._kwargs = kwargs
+        self._clock = clock
+        # The one lock. It guards self._state and nothing else; it is never held during I/O.
+        self._lock = threading.Lock()
+        self._state = PoolState(self._options)
+        # Connections taken back after max_lease: returning one later is harmless, not misuse.
+        self._reclaimed: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._next_maintenance = 0.0
+        self._open_initial()
+        _live_pools.add(self)
+
+    # -- the psycopg2.pool API ------------------------------------------------------------
+
+    @property
+    def minconn(self) -> int:
+        return self._options.minconn
+
+    @property
+    def maxconn(self) -> int:
+        return self._options.maxconn
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    @property
+    def name(self) -> str:
+        return self._options.name
+
+    def getconn(self, key: Hashable | None = None, timeout: float | None = None) -> Connection:
+        """Check out a connection, waiting up to `timeout` seconds (default: the pool's).
+
+        With a `key`, the same connection is returned while it is checked out under that key,
+        as in psycopg2.pool. Raises PoolTimeout when the deadline passes, PoolClosed if the
+        pool is or gets closed, TooManyWaiting when `max_waiting` callers already queue, and
+        the driver's own error (psycopg2.OperationalError) when opening a connection fails.
+        The connection returned is open, idle (no transaction) and has its session
+        attributes as they were when it was opened.
+        """
+        wait = self._options.timeout if timeout is None else check_timeout(timeout)
+        if self._maintain_inline:
+            self._maybe_maintain()
+        deadline: float | None = None
+        while True:
+            slot, opened, now, deadline = self._checkout(key, wait, deadline)  # step 1
+            # Step 2, without the lock: a connection idle for a while may have died.
+            if opened or self._still_good(slot, now):
+                if self._options.max_lease is not None:
+                    slot.lease_stack = traceback.extract_stack(sys._getframe(1))
+                conn: Connection = slot.conn
+                return conn
+
+    def putconn(self, conn: Any = None, key: Hashable | None = None, close: bool = False) -> None:
+        """Return a connection. It is rolled back and reset if needed, or closed if it is
+        broken, expired, or `close` is true. Returning a connection that is not checked out
+        from this pool, twice, or with the wrong key raises PoolError and changes nothing.
+        """
+        # A look at the connection costs no round trip; do it before taking the lock.
+        try:
+            fast = not close and conn_ops.is_reusable(conn)
+            defaults = conn_ops.session_defaults(conn) if fast else None
+        except Exception:  # not a connection at all: the lookup below says so
+            fast, defaults = False, None
+        state = self._state
+        with self._lock:
+            if state.closed:
+                raise self._closed_error()
+            if conn in self._reclaimed:
+                return  # taken back after max_lease and already closed: nothing to do
+            slot = state.find_leased(conn, key)
+            now = self._clock()
+            if fast and defaults == slot.defaults and self._options.reset is None:
+                if now < slot.expires_at:
+                    state.give_back(slot, now)
+                    return
+            state.begin_return(slot)
+        self._finish_return(slot, close)
+
+    def closeall(self) -> None:
+        """Close every connection, idle and checked out (as psycopg2.pool does), and wake
+        every waiter with PoolClosed. Calling it twice raises PoolClosed."""
+        with self._lock:
+            if self._state.closed:
+                raise self._closed_error()
+            slots = self._state.close(PoolClosed(f"pool {self.name!r} was closed"))
+        self._stop_maintenance()
+        for slot in slots:
+            conn_ops.close_quietly(slot.conn)
+        logger.debug("pool %r closed %d connections", self.name, len(slots))
+
+    # -- pgpool additions -----------------------------------------------------------------
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Connection]:
+        """`with pool.connection() as conn:` commits on success, rolls back on an exception,
+        and always returns the connection."""
+        conn = self.getconn(timeout=timeout)
+        try:
+            yield conn
+            if not conn.closed:
+                conn.commit()  # no round trip when there is no transaction
+        finally:
+            # On an exception putconn rolls back; a closed pool has taken the connection already.
+            if not self.closed:
+                self.putconn(conn)
+
+    def stats(self) -> PoolStats:
+        """A consistent, frozen snapshot of the pool's gauges and counters."""
+        s = self._state
+        with self._lock:
+            return PoolStats(
+                name=self.name,
+                minconn=self.minconn,
+                maxconn=self.maxconn,
+                idle=len(s.idle),
+                in_use=s.in_use,
+                connecting=s.connecting,
+                waiting=len(s.waiters),
+                checkouts=s.checkouts,
+                waits=s.waits,
+                timeouts=s.timeouts,
+                wait_time=s.wait_time,
+                connections_opened=s.connections_opened,
+                connect_errors=s.connect_errors,
+                connections_closed=s.connections_closed,
+                idle_reaped=s.idle_reaped,
+                expired=s.expired,
+                leases_reclaimed=s.leases_reclaimed,
+                broken_returns=s.broken_returns,
+                failed_checks=s.failed_checks,
+            )
+
+    def maintain(self) -> None:
+        """Run one maintenance pass now: close idle connections past `max_idle` (above
+        `minconn`) or past `max_lifetime`, reclaim leases past `max_lease`, and refill to
+        `minconn`. The background thread (or, for a Simple pool, its own calls) does this
+        every `maintenance_interval`; call it yourself only to force it."""
+        with self._lock:
+            if self._state.closed:
+                return
+            now = self._clock()
+            plan = self._state.plan_maintenance(now)
+        for slot in plan.close:
+            conn_ops.close_quietly(slot.conn)
+        for slot in plan.reclaimed:
+            self._reclaim(slot, now)
+        for remaining in range(plan.to_open, 0, -1):
+            if not self._refill_one(remaining):
+                break
+
+    def __enter__(self) -> AbstractConnectionPool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.closed:
+            self.closeall()
+
+    def __repr__(self) -> str:
+        # No lock: a repr must never block (it may be called while logging), and these reads
+        # are each atomic. Never the DSN: it may hold a password.
+        s = self._state
+        if s.closed:
+            counts = "closed"
+        else:
+            counts = (
+                f"idle {len(s.idle)}, in use {s.in_use}, connecting {s.connecting}, "
+                f"waiting {len(s.waiters)}"
+            )
+        return f"<{type(self).__name__} {self.name!r} [{counts} | min {self.minconn}, max {self.maxconn}]>"
+
+    # -- step 1: under the lock -----------------------------------------------------------
+
+    def _checkout(
+        self, key: Hashable | None, wait: float, deadline: float | None
+    ) -> tuple[Slot, bool, float, float]:
+        """Lease an idle connection, or open one, or wait. Returns (slot, opened, now, deadline)."""
+        state = self._state
+        with self._lock:
+            now = self._clock()
+            if deadline is None:
+                deadline = now + wait
+            if state.closed:
+                raise self._closed_error()
+            if key is not None:
+                sticky = state.keys.get(key)
+                if sticky is not None:  # psycopg2 semantics: same key, same connection
+                    state.checkouts += 1
+                    return sticky, True, now, deadline
+            slot = state.take_idle(key, now)
+            if slot is not None:
+                return slot, False, now, deadline
+            if not state.reserve_connect(now):
+                slot = self._wait(key, deadline, now)
+                if slot is not None:
+                    return slot, False, now, deadline
+        # A slot is reserved for us: open the connection without holding the lock.
+        return self._open_reserved(key), True, now, deadline
+
+    def _wait(self, key: Hashable | None, deadline: float, now: float) -> Slot | None:
+        """Queue until served (lock held; Condition.wait releases it while asleep).
+
+        Returns the slot leased to us, or None when we were given the right to connect.
+        """
+        state = self._state
+        if key is not None and any(w.key == key for w in state.waiters):
+            raise PoolError(f"pool {self.name!r}: another thread is already waiting with key {key!r}")
+        if now >= deadline:
+            state.timeouts += 1
+            raise self._timeout_error(0.0, deadline - now)
+        waiter = Waiter(threading.Condition(self._lock), key, now)
+        state.enqueue(waiter)
+        while not waiter.served:
+            # Wake at the deadline, or when a connect back-off ends (we may connect then).
+            until = deadline
+            if now < state.next_connect_at < until:
+                until = state.next_connect_at
+            waiter.cond.wait(until - now)
+            now = self._clock()
+            if not waiter.served:
+                state.dispatch(now)
+            if not waiter.served and now >= deadline:
+                state.give_up(waiter, now)
+                raise self._timeout_error(now - waiter.enqueued_at, deadline - waiter.enqueued_at)
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.slot
+
+    # -- step 2: without the lock ---------------------------------------------------------
+
+    def _open_reserved(self, key: Hashable | None) -> Slot:
+        """Open a connection into a slot reserved under the lock, and lease it to the caller."""
+        try:
+            slot = self._open_slot()
+        except BaseException as error:
+            with self._lock:
+                self._state.connect_failed(error, self._clock())
+            raise  # the driver's own error, unchanged
+        with self._lock:
+            if self._state.closed:
+                self._state.connecting -= 1
+                closed = True
+            else:
+                self._state.connected(slot, key, self._clock())
+                closed = False
+        if closed:
+            conn_ops.close_quietly(slot.conn)
+            raise self._closed_error()
+        return slot
+
+    def _open_slot(self) -> Slot:
+        """Connect, run `configure`, and record the session defaults to restore on return."""
+        options = self._options
+        conn = options.connector(*self._args, **self._kwargs)
+        try:
+            if options.configure is not None:
+                options.configure(conn)
+            defaults = conn_ops.session_defaults(conn)
+        except BaseException:
+            conn_ops.close_quietly(conn)
+            raise
+        now = self._clock()
+        lifetime = options.max_lifetime * random.uniform(LIFETIME_JITTER, 1.0)
+        return Slot(conn, now, now + lifetime, defaults, last_used=now)
+
+    def _still_good(self, slot: Slot, now: float) -> bool:
+        """Vet a connection taken from the idle stack; drop it if it expired or died."""
+        expired = now >= slot.expires_at
+        if not expired and now - slot.last_used <= self._options.health_check_after:
+            return True  # used moments ago: under steady load, no extra round trip
+        if not expired and conn_ops.ping(slot.conn):
+            return True
+        with self._lock:
+            if expired:
+                self._state.expired += 1
+            else:
+                self._state.failed_checks += 1
+            if self._state.leased.get(id(slot.conn)) is slot:  # not reclaimed meanwhile
+                self._state.drop_leased(slot, now)
+        logger.info("pool %r: dropping a connection that %s", self.name, "expired" if expired else "failed its health check")
+        conn_ops.close_quietly(slot.conn)
+        return False
+
+    def _finish_return(self, slot: Slot, close: bool) -> None:
+        """Clean a returned connection outside the lock, then keep it or close it."""
+        conn = slot.conn
+        expired = self._clock() >= slot.expires_at
+        keep = not close and not expired and conn_ops.clean(conn, slot.defaults, self._options.reset)
+        with self._lock:
+            state = self._state
+            if not keep and not close:
+                if expired:
+                    state.expired += 1
+                else:
+                    state.broken_returns += 1
+            if state.closed:  # closed while we cleaned: we own the connection, close it
+                del state.returning[id(conn)]
+                keep = False
+            else:
+                state.end_return(slot, self._clock(), keep)
+        if not keep:
+            conn_ops.close_quietly(conn)
+
+    def _open_initial(self) -> None:
+        """Open `minconn` connections before the pool is shared: fail fast if we cannot."""
+        slots: list[Slot] = []
+        try:
+            for _ in range(self.minconn):
+                slots.append(self._open_slot())
+        except BaseException:
+            for slot in slots:
+                conn_ops.close_quietly(slot.conn)
+            raise
+        self._state.idle.extend(slots)
+        self._state.connections_opened += len(slots)
+
+    def _refill_one(self, reserved: int) -> bool:
+        """Open one connection for a slot reserved by maintenance. On failure, release all
+        `reserved` reservations (the back-off decides when to try again) and return False."""
+        try:
+            slot = self._open_slot()
+        except Exception as error:
+            with self._lock:
+                self._state.connect_failed(error, self._clock())
+                self._state.connecting -= reserved - 1
+            logger.warning("pool %r: could not refill to minconn: %s", self.name, error)
+            return False
+        with self._lock:
+            closed = self._state.closed
+            if closed:
+                self._state.connecting -= 1
+            else:
+                self._state.connected_idle(slot, self._clock())
+        if closed:
+            conn_ops.close_quietly(slot.conn)
+        return not closed
+
+    def _reclaim(self, slot: Slot, now: float) -> None:
+        self._reclaimed.add(slot.conn)
+        stack = "".join(slot.lease_stack.format()) if slot.lease_stack else "(not recorded)\n"
+        logger.warning(
+            "pool %r: reclaiming a connection checked out %.1f s ago and never returned "
+            "(max_lease=%s s); getconn was called from:\n%s",
+            self.name,
+            now - slot.leased_at,
+            self._options.max_lease,
+            stack,
+        )
+        conn_ops.close_quietly(slot.conn)
+
+    def _maybe_maintain(self) -> None:
+        interval = self._options.maintenance_interval
+        now = self._clock()
+        if interval is not None and now >= self._next_maintenance:
+            self._next_maintenance = now + interval
+            self.maintain()
+
+    def _stop_maintenance(self) -> None:
+        """Hook for pools with a background thread."""
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _closed_error(self) -> PoolClosed:
+        return PoolClosed(f"connection pool is closed ({self.name!r})")
+
+    def _timeout_error(self, waited: float, timeout: float) -> PoolTimeout:
+        s = self._state
+        what = "connection pool exhausted" if timeout <= 0 else "timed out waiting for a connection"
+        message = (
+            f"{what}: pool {self.name!r} waited {waited:.3f} s (timeout {timeout:g} s); "
+            f"{s.in_use} in use, {s.connecting} connecting, maxconn {self.maxconn}"
+        )
+        if s.last_connect_error is not None and s.connect_failures:
+            message += f"; the last connect failed: {s.last_connect_error}"
+        return PoolTimeout(message)
+
+    # -- fork -----------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's connections without touching its sockets."""
+        self._lock = threading.Lock()
+        old = self._state
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for slot in [*old.idle, *old.leased.values(), *old.returning.values()]:
+                conn_ops.disown(slot.conn, devnull)
+        finally:
+            os.close(devnull)
+        self._state = PoolState(self._options)
+        self._state.closed = old.closed
+        self._reclaimed = weakref.WeakSet()
+        self._next_maintenance = 0.0
+
+
+def _reinit_pools_after_fork() -> None:
+    for pool in list(_live_pools):
+        pool._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reinit_pools_after_fork)

@@ -1,0 +1,367 @@
+"""The pool's bookkeeping: which connections exist, who holds them, who waits.
+
+This module is the pool's brain with no hands: `PoolState` decides, and never does I/O,
+never sleeps, never takes a lock. Every method is a *transition* and must be called with
+the pool's lock held (see `pool.py`, which owns the lock and does all the talking to the
+server after releasing it). Keeping decisions here and I/O there is what guarantees that
+connect, close and rollback never happen under the lock: this module cannot do them.
+
+A connection's life, as the states it moves through::
+
+    connecting --> idle <--> leased --> returning --> idle
+        |            |         |            |
+        +------------+---------+------------+--> discarded (closed after the lock is released)
+
+Every connection the pool owns is wrapped in a `Slot`, which carries its timestamps and the
+session defaults to restore on return.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from traceback import StackSummary
+from typing import Any
+
+from .errors import PoolError
+from .options import PoolOptions
+
+# Back-off after failed connects: 10 ms, doubling, capped at 2 s, with jitter. The cap keeps
+# recovery quick once the server is back; the doubling stops a pool hammering a dead server.
+BACKOFF_BASE = 0.01
+BACKOFF_CAP = 2.0
+# A connection lives max_lifetime * uniform(LIFETIME_JITTER, 1): connections opened together
+# (at start, or after a restart) then expire spread out instead of all at once.
+LIFETIME_JITTER = 0.95
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """One connection the pool owns, and what the pool knows about it."""
+
+    conn: Any
+    created_at: float
+    expires_at: float  # created_at + jittered max_lifetime
+    defaults: tuple[Any, ...]  # (autocommit, isolation_level, readonly, deferrable) at connect
+    last_used: float  # when it last became idle: drives health checks and idle reaping
+    leased_at: float = 0.0
+    key: Hashable | None = None  # the psycopg2-style key it was checked out with, if any
+    lease_stack: StackSummary | None = None  # where getconn was called, when max_lease is on
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """A caller queued in getconn. `dispatch` fills in exactly one of slot/connect/error."""
+
+    cond: threading.Condition  # shares the pool's lock; notified when this waiter is served
+    key: Hashable | None
+    enqueued_at: float
+    slot: Slot | None = None  # served: this connection is now leased to the waiter
+    connect: bool = False  # served: a slot was reserved, the waiter opens a connection itself
+    error: PoolError | None = None  # served: the pool closed while it waited
+
+    @property
+    def served(self) -> bool:
+        return self.slot is not None or self.connect or self.error is not None
+
+
+@dataclass(eq=False, slots=True)
+class MaintenancePlan:
+    """What one maintenance pass decided; the pool carries it out after releasing the lock."""
+
+    close: list[Slot] = field(default_factory=list)  # reaped or expired idle connections
+    reclaimed: list[Slot] = field(default_factory=list)  # leases taken back after max_lease
+    to_open: int = 0  # slots reserved (already counted in `connecting`) to refill minconn
+
+
+class PoolState:
+    """All mutable state of one pool. Every method must be called with the pool's lock held.
+
+    Invariants (checked by `check_invariants`, which the property tests call after each step):
+
+    * ``len(idle) + len(leased) + len(returning) + connecting <= maxconn``: a slot is counted
+      from the moment it is reserved for a connect until the connection is discarded.
+    * A connection is in exactly one of `idle`, `leased`, `returning`; `keys` maps a key to a
+      slot in `leased`, and each leased slot with a key is found under that key.
+    * If anyone waits, nothing is idle: `dispatch` hands an idle connection to the first
+      waiter at once, so a caller can never overtake one that queued before it (FIFO).
+    * `idle` is a LIFO stack ordered by `last_used`: the top is the hottest connection and
+      the bottom the coldest, which is where the reaper looks.
+    """
+
+    def __init__(self, options: PoolOptions) -> None:
+        self.options = options
+        self.idle: list[Slot] = []
+        self.leased: dict[int, Slot] = {}  # id(conn) -> slot, checked out by a caller
+        self.keys: dict[Hashable, Slot] = {}  # psycopg2-style key -> leased slot
+        self.returning: dict[int, Slot] = {}  # id(conn) -> slot, being cleaned on return
+        self.connecting = 0  # slots reserved for connects in flight
+        self.waiters: deque[Waiter] = deque()
+        self.closed = False
+        # Connect back-off: no new connect starts before next_connect_at.
+        self.connect_failures = 0
+        self.next_connect_at = 0.0
+        self.last_connect_error: BaseException | None = None
+        # Counters, reported by stats(); they only grow.
+        self.checkouts = 0
+        self.waits = 0
+        self.timeouts = 0
+        self.wait_time = 0.0
+        self.connections_opened = 0
+        self.connect_errors = 0
+        self.connections_closed = 0
+        self.idle_reaped = 0
+        self.expired = 0
+        self.leases_reclaimed = 0
+        self.broken_returns = 0
+        self.failed_checks = 0
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def in_use(self) -> int:
+        return len(self.leased) + len(self.returning)
+
+    @property
+    def size(self) -> int:
+        return len(self.idle) + len(self.leased) + len(self.returning) + self.connecting
+
+    def can_connect(self, now: float) -> bool:
+        """True if a new connection may be opened now: room, connect budget, no back-off."""
+        return (
+            self.size < self.options.maxconn
+            and self.connecting < self.options.max_connecting
+            and now >= self.next_connect_at
+        )
+
+    # -- checkout -------------------------------------------------------------------------
+
+    def lease(self, slot: Slot, key: Hashable | None, now: float) -> None:
+        """Record that `slot` is now checked out (with `key`, if given)."""
+        slot.leased_at = now
+        slot.key = key
+        slot.lease_stack = None
+        self.leased[id(slot.conn)] = slot
+        if key is not None:
+            self.keys[key] = slot
+        self.checkouts += 1
+
+    def take_idle(self, key: Hashable | None, now: float) -> Slot | None:
+        """The non-blocking core of getconn: lease the hottest idle connection, if any.
+
+        Returns None when nothing is idle or when others are already queued (they go first).
+        """
+        if self.waiters or not self.idle:
+            return None
+        slot = self.idle.pop()
+        self.lease(slot, key, now)
+        return slot
+
+    def reserve_connect(self, now: float) -> bool:
+        """Reserve a slot for a connect if the pool may grow now and nobody queues ahead."""
+        if self.waiters or not self.can_connect(now):
+            return False
+        self.connecting += 1
+        return True
+
+    def connected(self, slot: Slot, key: Hashable | None, now: float) -> None:
+        """A reserved connect succeeded: the new connection goes to the caller that opened it."""
+        self.connecting -= 1
+        self.connections_opened += 1
+        self.connect_failures = 0
+        self.next_connect_at = 0.0
+        self.lease(slot, key, now)
+
+    def connected_idle(self, slot: Slot, now: float) -> None:
+        """A refill connect (for minconn) succeeded: the connection joins the idle stack."""
+        self.connecting -= 1
+        self.connections_opened += 1
+        self.connect_failures = 0
+        self.next_connect_at = 0.0
+        self.idle.append(slot)
+        self.dispatch(now)
+
+    def connect_failed(self, error: BaseException, now: float) -> None:
+        """A reserved connect failed: free its slot and back off before the next attempt."""
+        self.connecting -= 1
+        self.connect_errors += 1
+        self.connect_failures += 1
+        self.last_connect_error = error
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (self.connect_failures - 1))
+        self.next_connect_at = now + delay * random.uniform(0.5, 1.0)
+        self.dispatch(now)
+
+    # -- waiting --------------------------------------------------------------------------
+
+    def enqueue(self, waiter: Waiter) -> None:
+        max_waiting = self.options.max_waiting
+        if max_waiting and len(self.waiters) >= max_waiting:
+            from .errors import TooManyWaiting
+
+            raise TooManyWaiting(
+                f"pool {self.options.name!r}: {len(self.waiters)} callers already waiting "
+                f"(max_waiting={max_waiting})"
+            )
+        self.waiters.append(waiter)
+        self.waits += 1
+        self.dispatch(waiter.enqueued_at)
+
+    def give_up(self, waiter: Waiter, now: float) -> None:
+        """A waiter timed out unserved: take it out of the queue."""
+        self.waiters.remove(waiter)
+        self.timeouts += 1
+        self.wait_time += now - waiter.enqueued_at
+        # Its leaving may let the next waiter open a connection.
+        self.dispatch(now)
+
+    def dispatch(self, now: float) -> None:
+        """Serve waiters in arrival order: an idle connection, else the right to connect.
+
+        This is the one place where a connection changes hands between callers. A waiter
+        that is served is taken out of the queue *before* it wakes, so a waiter that has
+        meanwhile timed out still finds its connection and keeps it: nothing is swallowed.
+        """
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters[0]
+            if self.idle:
+                waiter.slot = self.idle.pop()
+                self.lease(waiter.slot, waiter.key, now)
+            elif self.can_connect(now):
+                self.connecting += 1
+                waiter.connect = True
+            else:
+                return
+            waiters.popleft()
+            self.wait_time += now - waiter.enqueued_at
+            waiter.cond.notify()
+
+    # -- return ---------------------------------------------------------------------------
+
+    def find_leased(self, conn: Any, key: Hashable | None) -> Slot:
+        """The leased slot of `conn`, or a PoolError that names the misuse. Changes nothing."""
+        slot = self.leased.get(id(conn))
+        if slot is None or slot.conn is not conn:
+            raise PoolError(self._describe_stranger(conn))
+        if key is not None and slot.key != key:
+            raise PoolError(
+                f"pool {self.options.name!r}: connection was checked out with key "
+                f"{slot.key!r}, not {key!r}; it stays checked out"
+            )
+        return slot
+
+    def _describe_stranger(self, conn: Any) -> str:
+        name = self.options.name
+        if any(slot.conn is conn for slot in self.idle):
+            return f"pool {name!r}: connection returned twice (it is already idle in the pool)"
+        returning = self.returning.get(id(conn))
+        if returning is not None and returning.conn is conn:
+            return f"pool {name!r}: connection returned twice (it is being returned now)"
+        return f"pool {name!r}: trying to put a connection that is not checked out from this pool"
+
+    def unlease(self, slot: Slot) -> None:
+        del self.leased[id(slot.conn)]
+        if slot.key is not None:
+            del self.keys[slot.key]
+            slot.key = None
+
+    def give_back(self, slot: Slot, now: float) -> None:
+        """A clean connection comes back: top of the idle stack, or straight to a waiter."""
+        self.unlease(slot)
+        slot.last_used = now
+        self.idle.append(slot)
+        if self.waiters:
+            self.dispatch(now)
+
+    def begin_return(self, slot: Slot) -> None:
+        """A connection that needs cleaning comes back: park it while the pool cleans it."""
+        self.unlease(slot)
+        self.returning[id(slot.conn)] = slot
+
+    def end_return(self, slot: Slot, now: float, keep: bool) -> None:
+        """Cleaning finished: keep the connection (idle) or drop it (its slot is freed)."""
+        del self.returning[id(slot.conn)]
+        if keep:
+            slot.last_used = now
+            self.idle.append(slot)
+        else:
+            self.connections_closed += 1
+        self.dispatch(now)
+
+    def drop_leased(self, slot: Slot, now: float) -> None:
+        """A checked-out connection is dropped (failed health check, expired at checkout)."""
+        self.unlease(slot)
+        self.connections_closed += 1
+        self.dispatch(now)
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    def plan_maintenance(self, now: float) -> MaintenancePlan:
+        """Reap idle and expired connections, reclaim forgotten leases, reserve refills."""
+        plan = MaintenancePlan()
+        options = self.options
+        keep: list[Slot] = []
+        # Expired connections go whatever minconn says: refill replaces them.
+        for slot in self.idle:
+            if now >= slot.expires_at:
+                plan.close.append(slot)
+                self.expired += 1
+            else:
+                keep.append(slot)
+        # Reap from the bottom of the stack (the coldest) while above minconn.
+        excess = self.size - len(plan.close) - options.minconn
+        reaped = 0
+        while reaped < excess and reaped < len(keep):
+            if now - keep[reaped].last_used < options.max_idle:
+                break  # the stack is ordered by last_used: everything above is younger
+            reaped += 1
+        plan.close.extend(keep[:reaped])
+        self.idle_reaped += reaped
+        self.idle = keep[reaped:]
+        self.connections_closed += len(plan.close)
+        if options.max_lease is not None:
+            for slot in list(self.leased.values()):
+                if now - slot.leased_at >= options.max_lease:
+                    self.unlease(slot)
+                    plan.reclaimed.append(slot)
+            self.leases_reclaimed += len(plan.reclaimed)
+            self.connections_closed += len(plan.reclaimed)
+        # Refill to minconn, within the connect budget and the back-off.
+        while self.size < options.minconn and self.can_connect(now):
+            self.connecting += 1
+            plan.to_open += 1
+        self.dispatch(now)
+        return plan
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self, error: PoolError) -> list[Slot]:
+        """Close the pool: wake every waiter with `error`, return every slot to close."""
+        self.closed = True
+        for waiter in self.waiters:
+            waiter.error = error
+            waiter.cond.notify()
+        self.waiters.clear()
+        slots = self.idle + list(self.leased.values())
+        self.connections_closed += len(slots)
+        self.idle = []
+        self.leased.clear()
+        self.keys.clear()
+        # Connections being returned or connected are closed by their owners on finding
+        # the pool closed; they stay counted until then.
+        return slots
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the bookkeeping is inconsistent (used by tests)."""
+        assert self.size <= self.options.maxconn, "more connections than maxconn"
+        assert self.connecting >= 0
+        assert not (self.waiters and self.idle), "a waiter starves next to an idle connection"
+        conns = [id(s.conn) for s in self.idle] + list(self.leased) + list(self.returning)
+        assert len(conns) == len(set(conns)), "a connection is in two places"
+        for key, slot in self.keys.items():
+            assert self.leased.get(id(slot.conn)) is slot and slot.key == key, "bad key"
+        used = [s.last_used for s in self.idle]
+        assert used == sorted(used), "idle stack is not ordered by last use"
