@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 import psycopg2
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 
 from . import connection as conn_ops
@@ -54,7 +55,6 @@ class AbstractConnectionPool:
     """
 
     _default_timeout = 30.0
-    _maintain_inline = False  # Simple pools run maintenance from their own calls
 
     def __init__(
         self,
@@ -103,6 +103,10 @@ class AbstractConnectionPool:
         # Connections taken back after max_lease: returning one later is harmless, not misuse.
         self._reclaimed: weakref.WeakSet[Any] = weakref.WeakSet()
         self._next_maintenance = 0.0
+        # Copies of options read on every checkout, to keep the fast path short.
+        self._check_after = self._options.health_check_after
+        self._track_leases = self._options.max_lease is not None
+        self._reset = self._options.reset
         self._open_initial()
         _live_pools.add(self)
 
@@ -134,44 +138,104 @@ class AbstractConnectionPool:
         The connection returned is open, idle (no transaction) and has its session
         attributes as they were when it was opened.
         """
+        # Fast path, the common case under steady load: an idle connection, used moments ago.
+        # Everything else (keys, waiting, connecting, health checks) is in _getconn_slow.
+        state = self._state
+        if key is None and timeout is None:
+            with self._lock:
+                now = self._clock()
+                idle = state.idle
+                # Nobody may be queued ahead of us (FIFO). Once closed, idle is empty.
+                if idle and not state.waiters:
+                    # PoolState.take_idle(None, now), inlined: the pool's hottest lines.
+                    slot = idle.pop()
+                    slot.leased_at = now
+                    state.leased[id(slot.conn)] = slot
+                    state.checkouts += 1
+                else:
+                    slot = None
+            if slot is not None:
+                if (
+                    now - slot.last_used <= self._check_after
+                    and now < slot.expires_at
+                    and not self._track_leases
+                ):
+                    conn: Connection = slot.conn
+                    return conn
+                return self._vet_or_retry(slot, now, None, self._options.timeout)
+        return self._getconn_slow(key, timeout)
+
+    def _getconn_slow(self, key: Hashable | None, timeout: float | None) -> Connection:
         wait = self._options.timeout if timeout is None else check_timeout(timeout)
-        if self._maintain_inline:
-            self._maybe_maintain()
-        deadline: float | None = None
-        while True:
-            slot, opened, now, deadline = self._checkout(key, wait, deadline)  # step 1
-            # Step 2, without the lock: a connection idle for a while may have died.
-            if opened or self._still_good(slot, now):
-                if self._options.max_lease is not None:
-                    slot.lease_stack = traceback.extract_stack(sys._getframe(1))
-                conn: Connection = slot.conn
-                return conn
+        slot, opened, now, deadline = self._checkout(key, wait, None)
+        if opened:
+            return self._handed_out(slot)
+        return self._vet_or_retry(slot, now, key, deadline - now)
+
+    def _vet_or_retry(
+        self, slot: Slot, now: float, key: Hashable | None, remaining: float
+    ) -> Connection:
+        """Step 2, without the lock: a connection idle for a while may have died. Drop dead
+        or expired ones and check out again, within the same deadline."""
+        deadline = now + remaining
+        while not self._still_good(slot, now):
+            slot, opened, now, deadline = self._checkout(key, 0.0, deadline)
+            if opened:
+                break
+        return self._handed_out(slot)
+
+    def _handed_out(self, slot: Slot) -> Connection:
+        if self._track_leases:
+            # Where getconn was called: logged if this connection is never returned.
+            slot.lease_stack = traceback.extract_stack(sys._getframe(3))
+        conn: Connection = slot.conn
+        return conn
 
     def putconn(self, conn: Any = None, key: Hashable | None = None, close: bool = False) -> None:
         """Return a connection. It is rolled back and reset if needed, or closed if it is
         broken, expired, or `close` is true. Returning a connection that is not checked out
         from this pool, twice, or with the wrong key raises PoolError and changes nothing.
         """
-        # A look at the connection costs no round trip; do it before taking the lock.
-        try:
-            fast = not close and conn_ops.is_reusable(conn)
-            defaults = conn_ops.session_defaults(conn) if fast else None
-        except Exception:  # not a connection at all: the lookup below says so
-            fast, defaults = False, None
         state = self._state
         with self._lock:
-            if state.closed:
-                raise self._closed_error()
-            if conn in self._reclaimed:
-                return  # taken back after max_lease and already closed: nothing to do
-            slot = state.find_leased(conn, key)
-            now = self._clock()
-            if fast and defaults == slot.defaults and self._options.reset is None:
+            slot = state.leased.get(id(conn))
+            if slot is None or slot.conn is not conn:  # also when closed: close() empties leased
+                return self._put_stranger(conn, key)
+            if key is not None and slot.key != key:
+                state.find_leased(conn, key)  # raises PoolError naming both keys
+            # Fast path: reading these attributes costs no round trip. A connection that is
+            # open, outside any transaction, with its session attributes untouched and no
+            # reset callback to run, goes straight back onto the idle stack.
+            if (
+                not close
+                and not conn.closed
+                and conn.get_transaction_status() == TRANSACTION_STATUS_IDLE
+                and (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
+                == slot.defaults
+                and self._reset is None
+            ):
+                now = self._clock()
+                if now < slot.expires_at and slot.key is None and not state.waiters:
+                    # PoolState.give_back(slot, now), inlined for the common case.
+                    del state.leased[id(conn)]
+                    slot.lease_stack = None
+                    slot.last_used = now
+                    state.idle.append(slot)
+                    return None
                 if now < slot.expires_at:
                     state.give_back(slot, now)
-                    return
+                    return None
             state.begin_return(slot)
         self._finish_return(slot, close)
+        return None
+
+    def _put_stranger(self, conn: Any, key: Hashable | None) -> None:
+        """putconn of a connection that is not leased (lock held): harmless, or misuse."""
+        if self._state.closed:
+            raise self._closed_error()
+        if conn in self._reclaimed:
+            return  # taken back after max_lease and already closed: nothing to do
+        self._state.find_leased(conn, key)  # raises PoolError saying what is wrong
 
     def closeall(self) -> None:
         """Close every connection, idle and checked out (as psycopg2.pool does), and wake
@@ -249,7 +313,10 @@ class AbstractConnectionPool:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if not self.closed:
             self.closeall()
@@ -265,7 +332,8 @@ class AbstractConnectionPool:
                 f"idle {len(s.idle)}, in use {s.in_use}, connecting {s.connecting}, "
                 f"waiting {len(s.waiters)}"
             )
-        return f"<{type(self).__name__} {self.name!r} [{counts} | min {self.minconn}, max {self.maxconn}]>"
+        sizes = f"min {self.minconn}, max {self.maxconn}"
+        return f"<{type(self).__name__} {self.name!r} [{counts} | {sizes}]>"
 
     # -- step 1: under the lock -----------------------------------------------------------
 
@@ -302,7 +370,9 @@ class AbstractConnectionPool:
         """
         state = self._state
         if key is not None and any(w.key == key for w in state.waiters):
-            raise PoolError(f"pool {self.name!r}: another thread is already waiting with key {key!r}")
+            raise PoolError(
+                f"pool {self.name!r}: another thread is already waiting with key {key!r}"
+            )
         if now >= deadline:
             state.timeouts += 1
             raise self._timeout_error(0.0, deadline - now)
@@ -375,7 +445,8 @@ class AbstractConnectionPool:
                 self._state.failed_checks += 1
             if self._state.leased.get(id(slot.conn)) is slot:  # not reclaimed meanwhile
                 self._state.drop_leased(slot, now)
-        logger.info("pool %r: dropping a connection that %s", self.name, "expired" if expired else "failed its health check")
+        why = "expired" if expired else "failed its health check"
+        logger.info("pool %r: dropping a connection that %s", self.name, why)
         conn_ops.close_quietly(slot.conn)
         return False
 
@@ -383,7 +454,7 @@ class AbstractConnectionPool:
         """Clean a returned connection outside the lock, then keep it or close it."""
         conn = slot.conn
         expired = self._clock() >= slot.expires_at
-        keep = not close and not expired and conn_ops.clean(conn, slot.defaults, self._options.reset)
+        keep = not close and not expired and conn_ops.clean(conn, slot.defaults, self._reset)
         with self._lock:
             state = self._state
             if not keep and not close:

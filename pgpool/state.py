@@ -92,6 +92,14 @@ class PoolState:
       the bottom the coldest, which is where the reaper looks.
     """
 
+    __slots__ = (
+        "broken_returns", "checkouts", "closed", "connect_errors", "connect_failures",
+        "connecting", "connections_closed", "connections_opened", "expired",
+        "failed_checks", "idle", "idle_reaped", "keys", "last_connect_error", "leased",
+        "leases_reclaimed", "next_connect_at", "options", "returning", "timeouts",
+        "wait_time", "waiters", "waits",
+    )  # fmt: skip
+
     def __init__(self, options: PoolOptions) -> None:
         self.options = options
         self.idle: list[Slot] = []
@@ -140,10 +148,12 @@ class PoolState:
     # -- checkout -------------------------------------------------------------------------
 
     def lease(self, slot: Slot, key: Hashable | None, now: float) -> None:
-        """Record that `slot` is now checked out (with `key`, if given)."""
+        """Record that `slot` is now checked out (with `key`, if given).
+
+        An idle slot always has key None and lease_stack None (`unlease` clears them).
+        """
         slot.leased_at = now
         slot.key = key
-        slot.lease_stack = None
         self.leased[id(slot.conn)] = slot
         if key is not None:
             self.keys[key] = slot
@@ -157,7 +167,13 @@ class PoolState:
         if self.waiters or not self.idle:
             return None
         slot = self.idle.pop()
-        self.lease(slot, key, now)
+        if key is not None:
+            self.lease(slot, key, now)
+            return slot
+        # lease(slot, None, now), inlined: this is the hottest line of the whole pool.
+        slot.leased_at = now
+        self.leased[id(slot.conn)] = slot
+        self.checkouts += 1
         return slot
 
     def reserve_connect(self, now: float) -> bool:
@@ -264,13 +280,17 @@ class PoolState:
 
     def unlease(self, slot: Slot) -> None:
         del self.leased[id(slot.conn)]
+        slot.lease_stack = None
         if slot.key is not None:
             del self.keys[slot.key]
             slot.key = None
 
     def give_back(self, slot: Slot, now: float) -> None:
         """A clean connection comes back: top of the idle stack, or straight to a waiter."""
-        self.unlease(slot)
+        if slot.key is not None or slot.lease_stack is not None:
+            self.unlease(slot)
+        else:
+            del self.leased[id(slot.conn)]  # unlease(slot), inlined for the common case
         slot.last_used = now
         self.idle.append(slot)
         if self.waiters:

@@ -6,7 +6,10 @@ maintenance and whether waiting makes sense.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
+
+from psycopg2.extensions import connection as Connection
 
 from .maintenance import MaintenanceThread
 from .pool import AbstractConnectionPool
@@ -43,4 +46,11 @@ class SimpleConnectionPool(AbstractConnectionPool):
     could return a connection while it waited, so an exhausted pool fails at once."""
 
     _default_timeout = 0.0
-    _maintain_inline = True
+
+    def getconn(self, key: Hashable | None = None, timeout: float | None = None) -> Connection:
+        self._maybe_maintain()
+        return super().getconn(key, timeout)
+
+    def putconn(self, conn: Any = None, key: Hashable | None = None, close: bool = False) -> None:
+        super().putconn(conn, key, close)
+        self._maybe_maintain()
