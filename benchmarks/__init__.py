@@ -1,0 +1,1 @@
+"""Benchmarks for pgpool, and the tools they share (see proxy.py)."""
