@@ -96,6 +96,49 @@ def close_quietly(conn: Any) -> None:
         logger.debug("error closing a connection", exc_info=True)
 
 
+def passwords_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+    """Every password the connection arguments carry: in a DSN or URI, as `password=`, or
+    in PGPASSWORD. Used only to scrub them from error messages."""
+    found = [str(kwargs["password"])] if kwargs.get("password") else []
+    for dsn in (*args[:1], kwargs.get("dsn")):
+        if isinstance(dsn, str) and dsn:
+            try:
+                found.append(ext.parse_dsn(dsn).get("password", ""))
+            except psycopg2.Error:
+                # Unparsable: guess at the likely spellings so a typo near it cannot leak it.
+                found.extend(_password_guesses(dsn))
+    if os.environ.get("PGPASSWORD"):
+        found.append(os.environ["PGPASSWORD"])
+    return [p for p in found if p]
+
+
+def _password_guesses(dsn: str) -> list[str]:
+    import re
+    from urllib.parse import unquote
+
+    guesses = re.findall(r"password\s*=\s*'?([^'\s]+)", dsn)
+    guesses += [unquote(m) for m in re.findall(r"://[^:/@]*:([^@/]*)@", dsn)]
+    guesses += re.findall(r"://[^:/@]*:([^@/]*)@", dsn)
+    return guesses
+
+
+def scrub(error: BaseException, passwords: list[str]) -> BaseException:
+    """`error`, or a copy of the same type whose message has every password masked.
+
+    libpq quotes pieces of a malformed DSN in its messages ('missing "=" after "..."'),
+    which can include the password. The copy keeps the type, so `except` clauses still match.
+    """
+    message = str(error)
+    if not any(p in message for p in passwords):
+        return error
+    for password in passwords:
+        message = message.replace(password, "********")
+    try:
+        return type(error)(message)
+    except Exception:
+        return psycopg2.OperationalError(message)
+
+
 def disown(conn: Any, devnull: int) -> None:
     """Make a connection inherited through fork() harmless in the child process.
 

@@ -419,7 +419,13 @@ class AbstractConnectionPool:
     def _open_slot(self) -> Slot:
         """Connect, run `configure`, and record the session defaults to restore on return."""
         options = self._options
-        conn = options.connector(*self._args, **self._kwargs)
+        try:
+            conn = options.connector(*self._args, **self._kwargs)
+        except Exception as error:
+            scrubbed = conn_ops.scrub(error, conn_ops.passwords_in(self._args, self._kwargs))
+            if scrubbed is error:
+                raise
+            raise scrubbed from None  # the original's message holds a password: drop it
         try:
             if options.configure is not None:
                 options.configure(conn)
