@@ -406,7 +406,7 @@ class AbstractConnectionPool:
             raise  # the driver's own error, unchanged
         with self._lock:
             if self._state.closed:
-                self._state.connecting -= 1
+                self._state.connected_after_close()
                 closed = True
             else:
                 self._state.connected(slot, key, self._clock())
@@ -470,6 +470,7 @@ class AbstractConnectionPool:
                     state.broken_returns += 1
             if state.closed:  # closed while we cleaned: we own the connection, close it
                 del state.returning[id(conn)]
+                state.connections_closed += 1
                 keep = False
             else:
                 state.end_return(slot, self._clock(), keep)
@@ -503,7 +504,7 @@ class AbstractConnectionPool:
         with self._lock:
             closed = self._state.closed
             if closed:
-                self._state.connecting -= 1
+                self._state.connected_after_close()
             else:
                 self._state.connected_idle(slot, self._clock())
         if closed:

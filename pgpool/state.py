@@ -200,6 +200,12 @@ class PoolState:
         self.idle.append(slot)
         self.dispatch(now)
 
+    def connected_after_close(self) -> None:
+        """A connect finished after closeall(): its opener closes the connection at once."""
+        self.connecting -= 1
+        self.connections_opened += 1
+        self.connections_closed += 1
+
     def connect_failed(self, error: BaseException, now: float) -> None:
         """A reserved connect failed: free its slot and back off before the next attempt."""
         self.connecting -= 1
