@@ -64,7 +64,8 @@ class PoolOptions:
             _check_seconds("maintenance_interval", self.maintenance_interval, positive=True)
         for callback in ("reset", "configure", "clock", "connector"):
             value = getattr(self, callback)
-            if value is not None and not callable(value):
+            optional = callback in ("reset", "configure")
+            if not callable(value) and not (optional and value is None):
                 raise TypeError(f"{callback} must be callable, got {type(value).__name__}")
         if not isinstance(self.name, str):
             raise TypeError(f"name must be a str, got {type(self.name).__name__}")

@@ -218,7 +218,6 @@ class AbstractConnectionPool:
                 if now < slot.expires_at and slot.key is None and not state.waiters:
                     # PoolState.give_back(slot, now), inlined for the common case.
                     del state.leased[id(conn)]
-                    slot.lease_stack = None
                     slot.last_used = now
                     state.idle.append(slot)
                     return None
@@ -353,6 +352,11 @@ class AbstractConnectionPool:
                 if sticky is not None:  # psycopg2 semantics: same key, same connection
                     state.checkouts += 1
                     return sticky, True, now, deadline
+                if key in state.pending_keys:
+                    raise PoolError(
+                        f"pool {self.name!r}: another thread is already getting a connection "
+                        f"with key {key!r}"
+                    )
             slot = state.take_idle(key, now)
             if slot is not None:
                 return slot, False, now, deadline
@@ -360,8 +364,15 @@ class AbstractConnectionPool:
                 slot = self._wait(key, deadline, now)
                 if slot is not None:
                     return slot, False, now, deadline
+            if key is not None:
+                state.pending_keys.add(key)  # until the connection is leased under the key
         # A slot is reserved for us: open the connection without holding the lock.
-        return self._open_reserved(key), True, now, deadline
+        try:
+            return self._open_reserved(key), True, now, deadline
+        finally:
+            if key is not None:
+                with self._lock:
+                    state.pending_keys.discard(key)
 
     def _wait(self, key: Hashable | None, deadline: float, now: float) -> Slot | None:
         """Queue until served (lock held; Condition.wait releases it while asleep).
@@ -369,27 +380,34 @@ class AbstractConnectionPool:
         Returns the slot leased to us, or None when we were given the right to connect.
         """
         state = self._state
-        if key is not None and any(w.key == key for w in state.waiters):
-            raise PoolError(
-                f"pool {self.name!r}: another thread is already waiting with key {key!r}"
-            )
         if now >= deadline:
             state.timeouts += 1
             raise self._timeout_error(0.0, deadline - now)
         waiter = Waiter(threading.Condition(self._lock), key, now)
         state.enqueue(waiter)
-        while not waiter.served:
-            # Wake at the deadline, or when a connect back-off ends (we may connect then).
-            until = deadline
-            if now < state.next_connect_at < until:
-                until = state.next_connect_at
-            waiter.cond.wait(until - now)
-            now = self._clock()
-            if not waiter.served:
-                state.dispatch(now)
-            if not waiter.served and now >= deadline:
-                state.give_up(waiter, now)
-                raise self._timeout_error(now - waiter.enqueued_at, deadline - waiter.enqueued_at)
+        if key is not None:
+            state.pending_keys.add(key)
+        try:
+            while not waiter.served and now < deadline:
+                # Wake at the deadline, or when a connect back-off ends (we may connect then).
+                until = deadline
+                if now < state.next_connect_at < until:
+                    until = state.next_connect_at
+                remaining = until - now  # inf when timeout=inf: wait without a time limit
+                waiter.cond.wait(remaining if remaining < threading.TIMEOUT_MAX else None)
+                now = self._clock()
+                if not waiter.served:
+                    state.dispatch(now)
+        except BaseException:
+            # Interrupted (a signal handler raised, say): give back whatever we were handed.
+            state.abandon(waiter, self._clock())
+            raise
+        finally:
+            if key is not None:
+                state.pending_keys.discard(key)
+        if not waiter.served:
+            state.give_up(waiter, now)
+            raise self._timeout_error(now - waiter.enqueued_at, deadline - waiter.enqueued_at)
         if waiter.error is not None:
             raise waiter.error
         return waiter.slot
@@ -429,6 +447,8 @@ class AbstractConnectionPool:
         try:
             if options.configure is not None:
                 options.configure(conn)
+                if conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
+                    conn.commit()  # so what configure SET lasts, and the connection is idle
             defaults = conn_ops.session_defaults(conn)
         except BaseException:
             conn_ops.close_quietly(conn)

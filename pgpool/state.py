@@ -96,7 +96,7 @@ class PoolState:
         "broken_returns", "checkouts", "closed", "connect_errors", "connect_failures",
         "connecting", "connections_closed", "connections_opened", "expired",
         "failed_checks", "idle", "idle_reaped", "keys", "last_connect_error", "leased",
-        "leases_reclaimed", "next_connect_at", "options", "returning", "timeouts",
+        "leases_reclaimed", "next_connect_at", "options", "pending_keys", "returning", "timeouts",
         "wait_time", "waiters", "waits",
     )  # fmt: skip
 
@@ -105,6 +105,7 @@ class PoolState:
         self.idle: list[Slot] = []
         self.leased: dict[int, Slot] = {}  # id(conn) -> slot, checked out by a caller
         self.keys: dict[Hashable, Slot] = {}  # psycopg2-style key -> leased slot
+        self.pending_keys: set[Hashable] = set()  # keys whose caller waits or connects
         self.returning: dict[int, Slot] = {}  # id(conn) -> slot, being cleaned on return
         self.connecting = 0  # slots reserved for connects in flight
         self.waiters: deque[Waiter] = deque()
@@ -150,10 +151,11 @@ class PoolState:
     def lease(self, slot: Slot, key: Hashable | None, now: float) -> None:
         """Record that `slot` is now checked out (with `key`, if given).
 
-        An idle slot always has key None and lease_stack None (`unlease` clears them).
+        An idle slot always has key None (`unlease` clears it).
         """
         slot.leased_at = now
         slot.key = key
+        slot.lease_stack = None
         self.leased[id(slot.conn)] = slot
         if key is not None:
             self.keys[key] = slot
@@ -190,6 +192,7 @@ class PoolState:
         self.connect_failures = 0
         self.next_connect_at = 0.0
         self.lease(slot, key, now)
+        self.dispatch(now)  # the connect budget has room again: the next waiter may connect
 
     def connected_idle(self, slot: Slot, now: float) -> None:
         """A refill connect (for minconn) succeeded: the connection joins the idle stack."""
@@ -214,7 +217,9 @@ class PoolState:
         self.last_connect_error = error
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (self.connect_failures - 1))
         self.next_connect_at = now + delay * random.uniform(0.5, 1.0)
-        self.dispatch(now)
+        # Waiters asleep until their deadline must learn when the back-off ends.
+        for waiter in self.waiters:
+            waiter.cond.notify()
 
     # -- waiting --------------------------------------------------------------------------
 
@@ -238,6 +243,18 @@ class PoolState:
         self.wait_time += now - waiter.enqueued_at
         # Its leaving may let the next waiter open a connection.
         self.dispatch(now)
+
+    def abandon(self, waiter: Waiter, now: float) -> None:
+        """A waiter leaves by an exception: undo whatever `dispatch` had given it."""
+        if waiter.slot is not None:
+            self.give_back(waiter.slot, now)
+        elif waiter.connect:
+            self.connecting -= 1
+            self.dispatch(now)
+        elif waiter.error is None:
+            self.waiters.remove(waiter)
+            self.wait_time += now - waiter.enqueued_at
+            self.dispatch(now)
 
     def dispatch(self, now: float) -> None:
         """Serve waiters in arrival order: an idle connection, else the right to connect.
@@ -286,14 +303,13 @@ class PoolState:
 
     def unlease(self, slot: Slot) -> None:
         del self.leased[id(slot.conn)]
-        slot.lease_stack = None
         if slot.key is not None:
             del self.keys[slot.key]
             slot.key = None
 
     def give_back(self, slot: Slot, now: float) -> None:
         """A clean connection comes back: top of the idle stack, or straight to a waiter."""
-        if slot.key is not None or slot.lease_stack is not None:
+        if slot.key is not None:
             self.unlease(slot)
         else:
             del self.leased[id(slot.conn)]  # unlease(slot), inlined for the common case
