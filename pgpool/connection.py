@@ -8,31 +8,38 @@ exception; nothing here is retried (the pool decides that).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions as ext
 
+from . import watchdog
+
 logger = logging.getLogger("pgpool")
 
-# The session attributes psycopg2 exposes and the pool restores on return. They are local
-# to the connection object (psycopg2 sends them with each BEGIN), so restoring them costs
-# no round trip.
-SESSION_ATTRIBUTES = ("autocommit", "isolation_level", "readonly", "deferrable")
+# The session attributes psycopg2 exposes and the pool restores on return. The first four
+# are local to the connection object (psycopg2 sends them with each BEGIN), so restoring
+# them costs no round trip; the encoding costs one, and only when a borrower changed it.
+SESSION_ATTRIBUTES = ("autocommit", "isolation_level", "readonly", "deferrable", "encoding")
 
 
 def session_defaults(conn: Any) -> tuple[Any, ...]:
     """The values of SESSION_ATTRIBUTES now, recorded when a connection is opened."""
-    return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
+    return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable, conn.encoding)
 
 
 def restore_session(conn: Any, defaults: tuple[Any, ...]) -> None:
     """Set back every session attribute that a borrower changed. Needs an idle connection."""
     for attribute, value in zip(SESSION_ATTRIBUTES, defaults, strict=True):
         if getattr(conn, attribute) != value:
-            setattr(conn, attribute, value)
+            if attribute == "encoding":
+                conn.set_client_encoding(value)  # SET client_encoding, in step with psycopg2
+            else:
+                setattr(conn, attribute, value)
 
 
 def is_reusable(conn: Any) -> bool:
@@ -62,20 +69,27 @@ def clean(conn: Any, defaults: tuple[Any, ...], reset: Any) -> bool:
             if conn.get_transaction_status() != ext.TRANSACTION_STATUS_IDLE:
                 conn.rollback()  # the reset callback left a transaction open
             restore_session(conn, defaults)
+            # psycopg2 keeps what the server sent in client-side lists: wipe them too, or
+            # the next borrower reads the last one's notifications and notices.
+            del conn.notifies[:]
+            del conn.notices[:]
     except Exception:
         logger.warning("discarding a connection that could not be cleaned", exc_info=True)
         return False
     return not conn.closed
 
 
-def ping(conn: Any) -> bool:
-    """One cheap round trip: does the server still answer on this connection?
+def ping(conn: Any, timeout: float) -> bool:
+    """One cheap round trip: does the server still answer on this connection, in time?
 
-    `SELECT 1` in autocommit, so psycopg2 sends no BEGIN (one round trip, not three).
+    `SELECT 1` in autocommit, so psycopg2 sends no BEGIN (one round trip, not three). A
+    server that does not answer within `timeout` seconds counts as dead: the watchdog cuts
+    the socket, which is the only way to stop a synchronous query on a silent network.
     """
     if conn.closed:
         return False
     autocommit = conn.autocommit
+    alarm = watchdog.arm(conn, timeout)
     try:
         if not autocommit:
             conn.autocommit = True
@@ -85,7 +99,25 @@ def ping(conn: Any) -> bool:
             conn.autocommit = False
     except psycopg2.Error:
         return False
-    return True
+    finally:
+        cut = alarm.disarm()
+    return not cut
+
+
+def readable(fds: list[int]) -> list[int]:
+    """The descriptors among `fds` with something to read now (no waiting).
+
+    An idle connection has nothing to say. If its socket is readable, the server has sent
+    something on its own: a FATAL message before closing (restart, pg_terminate_backend),
+    end-of-file, or a NOTIFY for a LISTENing session. Only such connections need a ping.
+    """
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows
+        return select.select(fds, [], [], 0)[0]
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    events = select.POLLIN | select.POLLHUP | select.POLLERR
+    return [fd for fd, event in poller.poll(0) if event & events]
 
 
 def close_quietly(conn: Any) -> None:
@@ -102,23 +134,34 @@ def passwords_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
     found = [str(kwargs["password"])] if kwargs.get("password") else []
     for dsn in (*args[:1], kwargs.get("dsn")):
         if isinstance(dsn, str) and dsn:
-            try:
+            with contextlib.suppress(psycopg2.Error):
                 found.append(ext.parse_dsn(dsn).get("password", ""))
-            except psycopg2.Error:
-                # Unparsable: guess at the likely spellings so a typo near it cannot leak it.
-                found.extend(_password_guesses(dsn))
+            # A DSN with a typo may parse wrongly or not at all: guess as well, so a piece of
+            # the password that libpq quotes back is masked too.
+            found.extend(_password_guesses(dsn))
     if os.environ.get("PGPASSWORD"):
         found.append(os.environ["PGPASSWORD"])
     return [p for p in found if p]
 
 
 def _password_guesses(dsn: str) -> list[str]:
+    """What may be a password in a DSN that libpq could not parse, in pieces.
+
+    libpq quotes the piece it choked on, which may be a fragment of the password (it split
+    an unquoted space, or a '/' in a URI): mask every fragment, not only the whole.
+    """
     import re
     from urllib.parse import unquote
 
-    guesses = re.findall(r"password\s*=\s*'?([^'\s]+)", dsn)
-    guesses += [unquote(m) for m in re.findall(r"://[^:/@]*:([^@/]*)@", dsn)]
-    guesses += re.findall(r"://[^:/@]*:([^@/]*)@", dsn)
+    found = re.findall(r"password\s*=\s*(.*?)(?=\s+\w+\s*=|$)", dsn)  # key=value, to next key
+    userinfo = re.match(r"^\w+://([^@]*)@", dsn)  # URI: between "scheme://" and the last "@"
+    if userinfo and ":" in userinfo.group(1):
+        found.append(userinfo.group(1).split(":", 1)[1])
+    guesses: list[str] = []
+    for whole in found:
+        for candidate in (whole, unquote(whole)):
+            guesses.append(candidate)
+            guesses += [f for f in re.split(r"[\s/?&=@:'\"#]+", candidate) if len(f) >= 3]
     return guesses
 
 
@@ -131,7 +174,7 @@ def scrub(error: BaseException, passwords: list[str]) -> BaseException:
     message = str(error)
     if not any(p in message for p in passwords):
         return error
-    for password in passwords:
+    for password in sorted(passwords, key=len, reverse=True):  # the whole before its pieces
         message = message.replace(password, "********")
     try:
         return type(error)(message)

@@ -84,7 +84,9 @@ class DBHelper:
         with self._lock:
             pool, self._connection_pool = self._connection_pool, None
         if pool is not None and not pool.closed:
-            pool.closeall()
+            # Connections still in use (a daemon thread's query at exit, say) are closed when
+            # returned: closing one mid-query would wait for the query to end.
+            pool.closeall(in_use=False)
 
 
 db_helper = DBHelper()

@@ -15,6 +15,7 @@ closed. Decisions live in `state.py`; this module does locking and I/O, in that 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -34,12 +35,16 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 
 from . import connection as conn_ops
+from . import watchdog
 from .errors import PoolClosed, PoolError, PoolTimeout
 from .options import PoolOptions, check_timeout
 from .state import LIFETIME_JITTER, PoolState, Slot, Waiter
 from .stats import PoolStats
 
 logger = logging.getLogger("pgpool")
+
+# A health-check ping gets at most this long (and never more than the caller has left).
+PING_TIMEOUT = 5.0
 
 _pool_numbers = itertools.count(1)
 _live_pools: weakref.WeakSet[AbstractConnectionPool] = weakref.WeakSet()
@@ -178,7 +183,11 @@ class AbstractConnectionPool:
         """Step 2, without the lock: a connection idle for a while may have died. Drop dead
         or expired ones and check out again, within the same deadline."""
         deadline = now + remaining
-        while not self._still_good(slot, now):
+        while not self._still_good(slot, now, deadline):
+            if self._clock() >= deadline:  # the failed check used up the caller's time
+                with self._lock:
+                    self._state.timeouts += 1
+                raise self._timeout_error(remaining, remaining)
             slot, opened, now, deadline = self._checkout(key, 0.0, deadline)
             if opened:
                 break
@@ -199,19 +208,28 @@ class AbstractConnectionPool:
         state = self._state
         with self._lock:
             slot = state.leased.get(id(conn))
-            if slot is None or slot.conn is not conn:  # also when closed: close() empties leased
-                return self._put_stranger(conn, key)
-            if key is not None and slot.key != key:
+            if slot is None or slot.conn is not conn or state.closed:
+                slot = self._put_stranger(conn, key)
+                if slot is None:
+                    return None
+                close = True  # a pool closed with closeall(in_use=False) closes it now
+            elif key is not None and slot.key != key:
                 state.find_leased(conn, key)  # raises PoolError naming both keys
             # Fast path: reading these attributes costs no round trip. A connection that is
             # open, outside any transaction, with its session attributes untouched and no
             # reset callback to run, goes straight back onto the idle stack.
-            if (
+            elif (
                 not close
                 and not conn.closed
                 and conn.get_transaction_status() == TRANSACTION_STATUS_IDLE
-                and (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
-                == slot.defaults
+                and (
+                    conn.autocommit,
+                    conn.isolation_level,
+                    conn.readonly,
+                    conn.deferrable,
+                    conn.encoding,
+                )
+                == slot.defaults  # see connection.SESSION_ATTRIBUTES
                 and self._reset is None
             ):
                 now = self._clock()
@@ -228,21 +246,35 @@ class AbstractConnectionPool:
         self._finish_return(slot, close)
         return None
 
-    def _put_stranger(self, conn: Any, key: Hashable | None) -> None:
-        """putconn of a connection that is not leased (lock held): harmless, or misuse."""
-        if self._state.closed:
-            raise self._closed_error()
-        if conn in self._reclaimed:
-            return  # taken back after max_lease and already closed: nothing to do
-        self._state.find_leased(conn, key)  # raises PoolError saying what is wrong
+    def _put_stranger(self, conn: Any, key: Hashable | None) -> Slot | None:
+        """putconn of a connection that is not leased, or to a closed pool (lock held).
 
-    def closeall(self) -> None:
+        Returns the slot of a connection left to its borrower by `closeall(in_use=False)`,
+        to be closed now; None when there is nothing to do; raises PoolError on misuse.
+        """
+        state = self._state
+        if state.closed:
+            slot = state.leased.get(id(conn))
+            if slot is None or slot.conn is not conn:
+                raise self._closed_error()
+            return slot
+        if conn in self._reclaimed:
+            return None  # taken back after max_lease and already closed: nothing to do
+        state.find_leased(conn, key)  # raises PoolError saying what is wrong
+        raise AssertionError("find_leased raises for a connection not leased")  # pragma: no cover
+
+    def closeall(self, *, in_use: bool = True) -> None:
         """Close every connection, idle and checked out (as psycopg2.pool does), and wake
-        every waiter with PoolClosed. Calling it twice raises PoolClosed."""
+        every waiter with PoolClosed. Calling it twice raises PoolClosed.
+
+        With `in_use=False`, checked-out connections are left to their borrowers and closed
+        when returned. Use it at interpreter exit: psycopg2's close() waits for a query
+        running on the connection, so closing one in use can keep a process from exiting.
+        """
         with self._lock:
             if self._state.closed:
                 raise self._closed_error()
-            slots = self._state.close(PoolClosed(f"pool {self.name!r} was closed"))
+            slots = self._state.close(PoolClosed(f"pool {self.name!r} was closed"), in_use)
         self._stop_maintenance()
         for slot in slots:
             conn_ops.close_quietly(slot.conn)
@@ -260,8 +292,9 @@ class AbstractConnectionPool:
             if not conn.closed:
                 conn.commit()  # no round trip when there is no transaction
         finally:
-            # On an exception putconn rolls back; a closed pool has taken the connection already.
-            if not self.closed:
+            # On an exception putconn rolls back. A pool closed meanwhile has closed the
+            # connection (closeall) or closes it now (closeall(in_use=False)).
+            with contextlib.suppress(PoolClosed):
                 self.putconn(conn)
 
     def stats(self) -> PoolStats:
@@ -295,6 +328,7 @@ class AbstractConnectionPool:
         `minconn`) or past `max_lifetime`, reclaim leases past `max_lease`, and refill to
         `minconn`. The background thread (or, for a Simple pool, its own calls) does this
         every `maintenance_interval`; call it yourself only to force it."""
+        self._probe_idle()
         with self._lock:
             if self._state.closed:
                 return
@@ -457,13 +491,19 @@ class AbstractConnectionPool:
         lifetime = options.max_lifetime * random.uniform(LIFETIME_JITTER, 1.0)
         return Slot(conn, now, now + lifetime, defaults, last_used=now)
 
-    def _still_good(self, slot: Slot, now: float) -> bool:
+    def _still_good(self, slot: Slot, now: float, deadline: float) -> bool:
         """Vet a connection taken from the idle stack; drop it if it expired or died."""
         expired = now >= slot.expires_at
         if not expired and now - slot.last_used <= self._options.health_check_after:
             return True  # used moments ago: under steady load, no extra round trip
-        if not expired and conn_ops.ping(slot.conn):
-            return True
+        interrupted: BaseException | None = None
+        if not expired:
+            try:
+                timeout = max(0.0, min(deadline - now, PING_TIMEOUT))
+                if conn_ops.ping(slot.conn, timeout):
+                    return True
+            except BaseException as exc:  # KeyboardInterrupt, say: free the slot, then raise
+                interrupted = exc
         with self._lock:
             if expired:
                 self._state.expired += 1
@@ -474,13 +514,19 @@ class AbstractConnectionPool:
         why = "expired" if expired else "failed its health check"
         logger.info("pool %r: dropping a connection that %s", self.name, why)
         conn_ops.close_quietly(slot.conn)
+        if interrupted is not None:
+            raise interrupted
         return False
 
     def _finish_return(self, slot: Slot, close: bool) -> None:
         """Clean a returned connection outside the lock, then keep it or close it."""
         conn = slot.conn
         expired = self._clock() >= slot.expires_at
-        keep = not close and not expired and conn_ops.clean(conn, slot.defaults, self._reset)
+        interrupted: BaseException | None = None
+        try:
+            keep = not close and not expired and conn_ops.clean(conn, slot.defaults, self._reset)
+        except BaseException as exc:  # KeyboardInterrupt in a reset callback: free the slot
+            keep, interrupted = False, exc
         with self._lock:
             state = self._state
             if not keep and not close:
@@ -488,14 +534,11 @@ class AbstractConnectionPool:
                     state.expired += 1
                 else:
                     state.broken_returns += 1
-            if state.closed:  # closed while we cleaned: we own the connection, close it
-                del state.returning[id(conn)]
-                state.connections_closed += 1
-                keep = False
-            else:
-                state.end_return(slot, self._clock(), keep)
+            keep = state.end_return(slot, self._clock(), keep)
         if not keep:
             conn_ops.close_quietly(conn)
+        if interrupted is not None:
+            raise interrupted
 
     def _open_initial(self) -> None:
         """Open `minconn` connections before the pool is shared: fail fast if we cannot."""
@@ -544,6 +587,29 @@ class AbstractConnectionPool:
         )
         conn_ops.close_quietly(slot.conn)
 
+    def _probe_idle(self) -> None:
+        """Find idle connections the server has dropped (after a restart, say) without a
+        round trip: only those whose socket turned readable are pinged, outside the lock,
+        while parked in `returning` so nobody can check them out meanwhile."""
+        with self._lock:
+            idle = {slot.conn.fileno(): slot for slot in self._state.idle if not slot.conn.closed}
+        suspects = [idle[fd] for fd in conn_ops.readable(list(idle))] if idle else []
+        if not suspects:
+            return
+        with self._lock:
+            suspects = self._state.park_idle(suspects)
+        for slot in suspects:
+            alive = False
+            try:
+                alive = conn_ops.ping(slot.conn, PING_TIMEOUT)
+            finally:
+                with self._lock:
+                    if not alive:
+                        self._state.failed_checks += 1
+                    alive = self._state.end_return(slot, self._clock(), alive)
+                if not alive:
+                    conn_ops.close_quietly(slot.conn)
+
     def _maybe_maintain(self) -> None:
         interval = self._options.maintenance_interval
         now = self._clock()
@@ -589,6 +655,7 @@ class AbstractConnectionPool:
 
 
 def _reinit_pools_after_fork() -> None:
+    watchdog.reinit_after_fork()
     for pool in list(_live_pools):
         pool._after_fork_in_child()
 

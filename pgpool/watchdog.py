@@ -1,0 +1,100 @@
+"""A deadline for a blocking call on a connection: cut its socket when time is up.
+
+psycopg2 cannot interrupt a synchronous query: libpq sleeps in poll() on the socket until
+the server answers. When the network silently drops packets (a "black hole"), a health-check
+ping would sleep until TCP gives up, minutes later, long past the caller's deadline. The
+watchdog bounds it: when the deadline passes, it shuts the socket down; poll() wakes, the
+query fails, and the pool discards the connection.
+
+One daemon thread serves every pool in the process, started on first use. Arming and
+disarming are cheap (a heap push, a flag); the thread sleeps until the earliest deadline.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+
+class Alarm:
+    """One armed deadline. After `disarm()` returns, `fired` tells whether the socket was cut."""
+
+    __slots__ = ("fd", "fired", "live")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.live = True
+        self.fired = False
+
+    def disarm(self) -> bool:
+        """Cancel the alarm; True if it had already fired (the connection is unusable)."""
+        with _cond:
+            self.live = False
+            return self.fired
+
+
+_cond = threading.Condition()
+_heap: list[tuple[float, int, Alarm]] = []
+_order = itertools.count()
+_thread: threading.Thread | None = None
+
+
+def arm(conn: Any, seconds: float) -> Alarm:
+    """Cut `conn`'s socket in `seconds` unless the returned alarm is disarmed first."""
+    global _thread
+    alarm = Alarm(conn.fileno())
+    with _cond:
+        heapq.heappush(_heap, (time.monotonic() + seconds, next(_order), alarm))
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="pgpool-watchdog", daemon=True)
+            _thread.start()
+        _cond.notify()
+    return alarm
+
+
+def _run() -> None:
+    with _cond:
+        while True:
+            while _heap and not _heap[0][2].live:
+                heapq.heappop(_heap)  # disarmed: forget it
+            if not _heap:
+                _cond.wait()
+                continue
+            deadline, _, alarm = _heap[0]
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                _cond.wait(delay)
+                continue
+            heapq.heappop(_heap)
+            # Still under the lock: disarm() cannot return between this check and the cut,
+            # so a disarmed connection (already handed to a caller) is never cut.
+            alarm.fired = True
+            _cut(alarm.fd)
+
+
+def _cut(fd: int) -> None:
+    # shutdown() acts on the socket itself, so doing it through a duplicate descriptor wakes
+    # libpq's poll() on the original; closing the duplicate leaves the original's number valid.
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return  # the connection was closed meanwhile
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def reinit_after_fork() -> None:
+    """The thread does not survive fork(); the child starts its own on first use."""
+    global _cond, _thread
+    _cond = threading.Condition()
+    _heap.clear()
+    _thread = None
