@@ -21,25 +21,22 @@ from . import watchdog
 
 logger = logging.getLogger("pgpool")
 
-# The session attributes psycopg2 exposes and the pool restores on return. The first four
-# are local to the connection object (psycopg2 sends them with each BEGIN), so restoring
-# them costs no round trip; the encoding costs one, and only when a borrower changed it.
-SESSION_ATTRIBUTES = ("autocommit", "isolation_level", "readonly", "deferrable", "encoding")
+# The session attributes psycopg2 exposes and the pool restores on every return. They are
+# local to the connection object (psycopg2 sends them with each BEGIN), so checking and
+# restoring them costs no round trip.
+SESSION_ATTRIBUTES = ("autocommit", "isolation_level", "readonly", "deferrable")
 
 
 def session_defaults(conn: Any) -> tuple[Any, ...]:
     """The values of SESSION_ATTRIBUTES now, recorded when a connection is opened."""
-    return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable, conn.encoding)
+    return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
 
 
 def restore_session(conn: Any, defaults: tuple[Any, ...]) -> None:
     """Set back every session attribute that a borrower changed. Needs an idle connection."""
     for attribute, value in zip(SESSION_ATTRIBUTES, defaults, strict=True):
         if getattr(conn, attribute) != value:
-            if attribute == "encoding":
-                conn.set_client_encoding(value)  # SET client_encoding, in step with psycopg2
-            else:
-                setattr(conn, attribute, value)
+            setattr(conn, attribute, value)
 
 
 def is_reusable(conn: Any) -> bool:
@@ -47,7 +44,7 @@ def is_reusable(conn: Any) -> bool:
     return not conn.closed and conn.get_transaction_status() == ext.TRANSACTION_STATUS_IDLE
 
 
-def clean(conn: Any, defaults: tuple[Any, ...], reset: Any) -> bool:
+def clean(conn: Any, defaults: tuple[Any, ...], encoding: str, reset: Any) -> bool:
     """Bring a returned connection back to the state it had when opened.
 
     Rolls back an open or failed transaction, restores the session attributes and runs the
@@ -69,6 +66,9 @@ def clean(conn: Any, defaults: tuple[Any, ...], reset: Any) -> bool:
             if conn.get_transaction_status() != ext.TRANSACTION_STATUS_IDLE:
                 conn.rollback()  # the reset callback left a transaction open
             restore_session(conn, defaults)
+            # A reset like DISCARD ALL puts the server's client_encoding back to its default
+            # behind psycopg2's back: set it again, so both sides agree on the encoding.
+            conn.set_client_encoding(encoding)
             # psycopg2 keeps what the server sent in client-side lists: wipe them too, or
             # the next borrower reads the last one's notifications and notices.
             del conn.notifies[:]

@@ -43,8 +43,11 @@ from .stats import PoolStats
 
 logger = logging.getLogger("pgpool")
 
-# A health-check ping gets at most this long (and never more than the caller has left).
+# A health-check ping gets what the caller has left of its deadline, within these bounds:
+# a caller with timeout=0 still gets its connection checked, and one with a 30 s deadline
+# does not spend it all on a server that has gone silent.
 PING_TIMEOUT = 5.0
+PING_TIMEOUT_MIN = 1.0
 
 _pool_numbers = itertools.count(1)
 _live_pools: weakref.WeakSet[AbstractConnectionPool] = weakref.WeakSet()
@@ -184,7 +187,7 @@ class AbstractConnectionPool:
         or expired ones and check out again, within the same deadline."""
         deadline = now + remaining
         while not self._still_good(slot, now, deadline):
-            if self._clock() >= deadline:  # the failed check used up the caller's time
+            if remaining > 0 and self._clock() >= deadline:  # the check used up the time
                 with self._lock:
                     self._state.timeouts += 1
                 raise self._timeout_error(remaining, remaining)
@@ -222,13 +225,7 @@ class AbstractConnectionPool:
                 not close
                 and not conn.closed
                 and conn.get_transaction_status() == TRANSACTION_STATUS_IDLE
-                and (
-                    conn.autocommit,
-                    conn.isolation_level,
-                    conn.readonly,
-                    conn.deferrable,
-                    conn.encoding,
-                )
+                and (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
                 == slot.defaults  # see connection.SESSION_ATTRIBUTES
                 and self._reset is None
             ):
@@ -489,7 +486,7 @@ class AbstractConnectionPool:
             raise
         now = self._clock()
         lifetime = options.max_lifetime * random.uniform(LIFETIME_JITTER, 1.0)
-        return Slot(conn, now, now + lifetime, defaults, last_used=now)
+        return Slot(conn, now, now + lifetime, defaults, conn.encoding, last_used=now)
 
     def _still_good(self, slot: Slot, now: float, deadline: float) -> bool:
         """Vet a connection taken from the idle stack; drop it if it expired or died."""
@@ -499,7 +496,7 @@ class AbstractConnectionPool:
         interrupted: BaseException | None = None
         if not expired:
             try:
-                timeout = max(0.0, min(deadline - now, PING_TIMEOUT))
+                timeout = min(PING_TIMEOUT, max(deadline - now, PING_TIMEOUT_MIN))
                 if conn_ops.ping(slot.conn, timeout):
                     return True
             except BaseException as exc:  # KeyboardInterrupt, say: free the slot, then raise
@@ -524,7 +521,11 @@ class AbstractConnectionPool:
         expired = self._clock() >= slot.expires_at
         interrupted: BaseException | None = None
         try:
-            keep = not close and not expired and conn_ops.clean(conn, slot.defaults, self._reset)
+            keep = (
+                not close
+                and not expired
+                and conn_ops.clean(conn, slot.defaults, slot.encoding, self._reset)
+            )
         except BaseException as exc:  # KeyboardInterrupt in a reset callback: free the slot
             keep, interrupted = False, exc
         with self._lock:

@@ -46,6 +46,7 @@ class Slot:
     created_at: float
     expires_at: float  # created_at + jittered max_lifetime
     defaults: tuple[Any, ...]  # (autocommit, isolation_level, readonly, deferrable) at connect
+    encoding: str  # client encoding at connect, set again after a reset callback
     last_used: float  # when it last became idle: drives health checks and idle reaping
     leased_at: float = 0.0
     key: Hashable | None = None  # the psycopg2-style key it was checked out with, if any
