@@ -32,11 +32,23 @@ def session_defaults(conn: Any) -> tuple[Any, ...]:
     return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
 
 
-def restore_session(conn: Any, defaults: tuple[Any, ...]) -> None:
-    """Set back every session attribute that a borrower changed. Needs an idle connection."""
+def restore_session(conn: Any, defaults: tuple[Any, ...], force: bool = False) -> None:
+    """Set back every session attribute that a borrower changed. Needs an idle connection.
+
+    In autocommit mode psycopg2 keeps isolation_level/readonly/deferrable on the *server*
+    (`SET default_transaction_...`) and caches them on the client. Turning autocommit off
+    and on, or a reset like DISCARD ALL, clears the server's copy behind the cache's back,
+    so after any change (or with `force`, after a reset) they are sent again.
+    """
+    changed = False
     for attribute, value in zip(SESSION_ATTRIBUTES, defaults, strict=True):
         if getattr(conn, attribute) != value:
             setattr(conn, attribute, value)
+            changed = True
+    if (changed or force) and defaults[0]:
+        for attribute, value in zip(SESSION_ATTRIBUTES[1:], defaults[1:], strict=True):
+            if value is not None:
+                setattr(conn, attribute, value)  # psycopg2 sends the SET even if unchanged
 
 
 def is_reusable(conn: Any) -> bool:
@@ -59,13 +71,13 @@ def clean(conn: Any, defaults: tuple[Any, ...], encoding: str, reset: Any) -> bo
         if status == ext.TRANSACTION_STATUS_UNKNOWN:
             return False
         if status != ext.TRANSACTION_STATUS_IDLE:
-            conn.rollback()
+            _roll_back(conn)
         restore_session(conn, defaults)
         if reset is not None:
             reset(conn)
             if conn.get_transaction_status() != ext.TRANSACTION_STATUS_IDLE:
-                conn.rollback()  # the reset callback left a transaction open
-            restore_session(conn, defaults)
+                _roll_back(conn)  # the reset callback left a transaction open
+            restore_session(conn, defaults, force=True)
             # A reset like DISCARD ALL puts the server's client_encoding back to its default
             # behind psycopg2's back: set it again, so both sides agree on the encoding.
             conn.set_client_encoding(encoding)
@@ -77,6 +89,15 @@ def clean(conn: Any, defaults: tuple[Any, ...], encoding: str, reset: Any) -> bo
         logger.warning("discarding a connection that could not be cleaned", exc_info=True)
         return False
     return not conn.closed
+
+
+def _roll_back(conn: Any) -> None:
+    conn.rollback()
+    if conn.get_transaction_status() != ext.TRANSACTION_STATUS_IDLE:
+        # A BEGIN sent by hand in autocommit mode: psycopg2's rollback() only ends the
+        # transactions it began itself, so end this one with SQL.
+        with conn.cursor() as cursor:
+            cursor.execute("ROLLBACK")
 
 
 def ping(conn: Any, timeout: float) -> bool:

@@ -372,6 +372,7 @@ class AbstractConnectionPool:
     ) -> tuple[Slot, bool, float, float]:
         """Lease an idle connection, or open one, or wait. Returns (slot, opened, now, deadline)."""
         state = self._state
+        waiter = None
         with self._lock:
             now = self._clock()
             if deadline is None:
@@ -392,52 +393,59 @@ class AbstractConnectionPool:
             if slot is not None:
                 return slot, False, now, deadline
             if not state.reserve_connect(now):
-                slot = self._wait(key, deadline, now)
-                if slot is not None:
-                    return slot, False, now, deadline
+                if now >= deadline:
+                    state.timeouts += 1
+                    raise self._timeout_error(0.0, deadline - now)
+                waiter = Waiter(key, now)
+                state.enqueue(waiter)  # may serve it at once, or raise TooManyWaiting
             if key is not None:
                 state.pending_keys.add(key)  # until the connection is leased under the key
-        # A slot is reserved for us: open the connection without holding the lock.
         try:
+            if waiter is not None:
+                slot = self._await(waiter, deadline)
+                if slot is not None:
+                    return slot, False, self._clock(), deadline
+            # A slot is reserved for us: open the connection without holding the lock.
             return self._open_reserved(key), True, now, deadline
         finally:
             if key is not None:
                 with self._lock:
                     state.pending_keys.discard(key)
 
-    def _wait(self, key: Hashable | None, deadline: float, now: float) -> Slot | None:
-        """Queue until served (lock held; Condition.wait releases it while asleep).
+    def _await(self, waiter: Waiter, deadline: float) -> Slot | None:
+        """Sleep until `dispatch` serves the waiter, or the deadline passes (lock not held).
 
         Returns the slot leased to us, or None when we were given the right to connect.
         """
         state = self._state
-        if now >= deadline:
-            state.timeouts += 1
-            raise self._timeout_error(0.0, deadline - now)
-        waiter = Waiter(threading.Condition(self._lock), key, now)
-        state.enqueue(waiter)
-        if key is not None:
-            state.pending_keys.add(key)
+        timed_out = False
         try:
-            while not waiter.served and now < deadline:
+            while not waiter.served:
                 # Wake at the deadline, or when a connect back-off ends (we may connect then).
+                now = self._clock()
                 until = deadline
                 if now < state.next_connect_at < until:
                     until = state.next_connect_at
-                remaining = until - now  # inf when timeout=inf: wait without a time limit
-                waiter.cond.wait(remaining if remaining < threading.TIMEOUT_MAX else None)
-                now = self._clock()
-                if not waiter.served:
-                    state.dispatch(now)
+                if now < until:
+                    remaining = until - now  # inf when timeout=inf: no time limit
+                    waiter.sleep(remaining if remaining < threading.TIMEOUT_MAX else None)
+                    if waiter.served:
+                        break  # the common case: served, and no need for the pool's lock
+                with self._lock:
+                    waiter.rearm()
+                    now = self._clock()
+                    if not waiter.served:
+                        state.dispatch(now)  # a back-off may have ended: we may connect now
+                    if not waiter.served and now >= deadline:
+                        state.give_up(waiter, now)
+                        timed_out = True
+                        break
         except BaseException:
             # Interrupted (a signal handler raised, say): give back whatever we were handed.
-            state.abandon(waiter, self._clock())
+            with self._lock:
+                state.abandon(waiter, self._clock())
             raise
-        finally:
-            if key is not None:
-                state.pending_keys.discard(key)
-        if not waiter.served:
-            state.give_up(waiter, now)
+        if timed_out:
             raise self._timeout_error(now - waiter.enqueued_at, deadline - waiter.enqueued_at)
         if waiter.error is not None:
             raise waiter.error

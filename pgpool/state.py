@@ -55,18 +55,44 @@ class Slot:
 
 @dataclass(eq=False, slots=True)
 class Waiter:
-    """A caller queued in getconn. `dispatch` fills in exactly one of slot/connect/error."""
+    """A caller queued in getconn. `dispatch` fills in exactly one of slot/connect/error.
 
-    cond: threading.Condition  # shares the pool's lock; notified when this waiter is served
+    The waiter sleeps on a lock of its own, not on the pool's lock: `wake()` releases it.
+    A waiter that `dispatch` served finds everything it needs in these fields when it wakes,
+    so it returns without taking the pool's lock again, and the thread that handed it a
+    connection is not slowed by the waiter queueing up for the pool's lock behind it.
+    """
+
     key: Hashable | None
     enqueued_at: float
+    bell: threading.Lock = field(default_factory=threading.Lock)  # held = nothing to report
+    rung: bool = False  # the bell was released and the waiter has not yet woken to it
     slot: Slot | None = None  # served: this connection is now leased to the waiter
     connect: bool = False  # served: a slot was reserved, the waiter opens a connection itself
     error: PoolError | None = None  # served: the pool closed while it waited
 
+    def __post_init__(self) -> None:
+        self.bell.acquire()  # sleeping = acquiring it again, until someone releases it
+
     @property
     def served(self) -> bool:
         return self.slot is not None or self.connect or self.error is not None
+
+    def wake(self) -> None:
+        """Ring the bell (pool lock held). Ringing twice before the waiter wakes is once."""
+        if not self.rung:
+            self.rung = True
+            self.bell.release()
+
+    def sleep(self, timeout: float | None) -> None:
+        """Wait for the bell (pool lock NOT held), at most `timeout` seconds."""
+        self.bell.acquire(timeout=-1 if timeout is None else timeout)
+
+    def rearm(self) -> None:
+        """After waking unserved (pool lock held): make the bell ringable again."""
+        if self.rung:
+            self.bell.acquire(blocking=False)  # taken by sleep() already, or free: take it
+            self.rung = False
 
 
 @dataclass(eq=False, slots=True)
@@ -220,7 +246,7 @@ class PoolState:
         self.next_connect_at = now + delay * random.uniform(0.5, 1.0)
         # Waiters asleep until their deadline must learn when the back-off ends.
         for waiter in self.waiters:
-            waiter.cond.notify()
+            waiter.wake()
 
     # -- waiting --------------------------------------------------------------------------
 
@@ -277,7 +303,7 @@ class PoolState:
                 return
             waiters.popleft()
             self.wait_time += now - waiter.enqueued_at
-            waiter.cond.notify()
+            waiter.wake()
 
     # -- return ---------------------------------------------------------------------------
 
@@ -350,8 +376,12 @@ class PoolState:
         return keep
 
     def drop_leased(self, slot: Slot, now: float) -> None:
-        """A checked-out connection is dropped (failed health check, expired at checkout)."""
+        """A connection just leased fails its checkout check (dead, or expired): drop it.
+
+        The lease is undone, count included: `checkouts` counts connections handed out.
+        """
         self.unlease(slot)
+        self.checkouts -= 1
         self.connections_closed += 1
         self.dispatch(now)
 
@@ -405,7 +435,7 @@ class PoolState:
         self.closed = True
         for waiter in self.waiters:
             waiter.error = error
-            waiter.cond.notify()
+            waiter.wake()
         self.waiters.clear()
         slots = self.idle
         self.idle = []
