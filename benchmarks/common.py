@@ -1,0 +1,167 @@
+"""What every scenario shares: its run context, result tables, threads and timelines."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.contenders import Contender, Handle, PoolConfig
+
+
+@dataclass
+class Context:
+    """Where and how big to run; `advance` moves the progress bar one step."""
+
+    dsn: str
+    quick: bool = False
+    advance: Callable[[str], None] = lambda description: None
+
+
+@dataclass
+class Table:
+    """One result table, rendered both on the console (rich) and in the Markdown report."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def opened(contender: Contender, cfg: PoolConfig) -> Iterator[Handle]:
+    """Build a contender's pool, and always close it (no connection outlives a scenario)."""
+    handle = contender.build(cfg)
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Keep the cyclic garbage collector out of a timed section (collect before it)."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def run_threads(
+    n: int,
+    target: Callable[[int], None],
+    *,
+    name: str = "bench",
+    on_release: Callable[[], None] | None = None,
+) -> float:
+    """Run `target(i)` on `n` threads released together; return the wall time in seconds.
+
+    The threads wait on a barrier so that none starts early; `on_release` runs the moment
+    they are all there (e.g. to set a deadline), then the clock starts and it stops when
+    the last thread finishes.
+    """
+    barrier = threading.Barrier(n + 1, action=on_release)
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        barrier.wait()
+        try:
+            target(i)
+        except BaseException as exc:  # reported to the caller, not lost in a thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,), name=f"{name}-{i}") for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+class Sampler:
+    """Samples a pool's state from a background thread every `interval` seconds.
+
+    Each sample is (t, idle, in_use, waiting, connecting, opened): `t` in seconds since
+    `start()`, `opened` the connections opened since the sampler was created. `mark(label)` records
+    an event (e.g. "load stops") on the same time axis.
+    """
+
+    def __init__(self, handle: Handle, interval: float = 0.005) -> None:
+        if handle.state is None:
+            raise ValueError("this contender exposes no state to sample")
+        self._state = handle.state
+        self._opened = handle.opened
+        self._base = handle.opened.value
+        self.interval = interval
+        self.samples: list[tuple[float, int, int, int, int, int]] = []
+        self.marks: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+        self._t0 = 0.0
+
+    def start(self) -> Sampler:
+        self._t0 = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def mark(self, label: str) -> None:
+        self.marks.append((self.now(), label))
+
+    def _sample(self) -> None:
+        s = self._state()
+        opened = self._opened.value - self._base
+        self.samples.append((self.now(), s.idle, s.in_use, s.waiting, s.connecting, opened))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()  # so there is always at least one sample
+        cols = list(zip(*self.samples, strict=True))
+        return {
+            "interval": self.interval,
+            "t": [round(x, 5) for x in cols[0]],
+            "idle": list(cols[1]),
+            "in_use": list(cols[2]),
+            "waiting": list(cols[3]),
+            "connecting": list(cols[4]),
+            "opened": list(cols[5]),
+            "marks": [{"t": round(t, 5), "label": label} for t, label in self.marks],
+        }
+
+
+def fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
+    """A number for a table cell; '-' when missing."""
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def fmt_spread(median: float, p25: float, p75: float, digits: int = 1) -> str:
+    """``median ±half-IQR``: the middle value and how much repetitions moved around it."""
+    half = (p75 - p25) / 2
+    return f"{median:,.{digits}f} ±{half:,.{digits}f}"

@@ -1,0 +1,428 @@
+"""The pools being compared, all driven through one small interface.
+
+Every contender is configured the same way: the same server and DSN, autocommit on, the
+same minimum and maximum size, and every other setting left at its default unless a
+scenario says otherwise. Each one is wrapped in a `Handle` that exposes
+
+- ``get()`` / ``put(conn)``: the cheapest way a user's code borrows and returns a
+  connection with that library (bound methods wherever possible, so the wrapper adds
+  nothing to what is measured);
+- ``opened.value``: the connections opened so far, counted *the same way for everyone*:
+  psycopg2-based contenders get a ``connection_factory`` subclass that bumps a counter
+  (and turns autocommit on), psycopg_pool gets a ``connection_class`` subclass that does
+  the same;
+- ``state()``: idle / in use / waiting right now, for the pool-state timelines.
+
+How each library's knobs map to "min / max":
+
+- psycopg2.pool: ``(minconn, maxconn)``. It never waits: when all ``maxconn`` are out it
+  raises ``PoolError("connection pool exhausted")``. Any threaded program must therefore
+  wrap ``getconn`` in a retry loop; the one used here is what a user would write: sleep
+  1 ms and try again, up to 30 s (`RETRY_SLEEP`).
+- psycopg_pool.ConnectionPool: ``min_size``, ``max_size``, ``kwargs={"autocommit": True}``.
+  It runs on the psycopg 3 driver, so its floor is a raw psycopg 3 connection, reported
+  next to it.
+- SQLAlchemy QueuePool over psycopg2: ``pool_size=min``, ``max_overflow=max - min`` (so at
+  most ``max`` connections, and ``min`` of them kept). It opens lazily, so it is primed
+  with ``min`` connections like the others.
+- DBUtils PooledDB over psycopg2: ``mincached=min``, ``maxconnections=max``, ``blocking=True``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import repeat
+from operator import methodcaller
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.pool
+
+RETRY_SLEEP = 0.001  # psycopg2.pool retry loop: sleep this long after "pool exhausted"
+RETRY_DEADLINE = 30.0  # ... and give up after this long, like the other pools' timeout
+
+
+class Counter:
+    """A thread-safe counter (connections opened)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self.value += n
+
+
+def counting_factory(counter: Counter) -> type[psycopg2.extensions.connection]:
+    """A psycopg2 ``connection_factory`` that counts each connect and sets autocommit."""
+
+    class CountingConnection(psycopg2.extensions.connection):
+        def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
+            super().__init__(dsn, *args, **kwargs)
+            self.autocommit = True  # a local flag on a fresh connection: no round trip
+            counter.add()
+
+    return CountingConnection
+
+
+def counting_psycopg3_class(counter: Counter) -> type[Any]:
+    """A psycopg 3 ``connection_class`` that counts each connect."""
+    import psycopg
+
+    class CountingConnection(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            conn = super().connect(*args, **kwargs)
+            counter.add()
+            return conn
+
+    return CountingConnection
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """What a scenario asks of every contender."""
+
+    dsn: str
+    minconn: int
+    maxconn: int
+    # Extra keyword arguments for pgpool (e.g. max_idle, maintenance_interval) ...
+    pgpool_options: dict[str, Any] = field(default_factory=dict)
+    # ... and for psycopg_pool when a scenario sets the same knob on it (e.g. max_idle).
+    psycopg_pool_options: dict[str, Any] = field(default_factory=dict)
+    # Whether psycopg2.pool gets its retry loop (threads > 1); one thread never exhausts it.
+    retry: bool = True
+
+
+@dataclass
+class State:
+    """A pool's gauges at one instant, for the timelines."""
+
+    idle: int
+    in_use: int
+    waiting: int
+    connecting: int = 0  # connects in progress, counted in the pool's size
+
+
+@dataclass
+class Handle:
+    """A live contender: a pool (or a reference) ready to serve connections."""
+
+    get: Callable[[], Any]
+    put: Callable[[Any], Any]
+    close: Callable[[], Any]
+    opened: Counter
+    state: Callable[[], State] | None = None
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One library (or reference point) in the comparison."""
+
+    key: str
+    label: str
+    threaded: bool  # safe to share between threads
+    reference: bool  # not a pool: a floor or a ceiling to compare pools against
+    driver: str  # "psycopg2" or "psycopg 3"
+    build: Callable[[PoolConfig], Handle]
+    requires: str = ""  # module that must be importable
+    note: str = ""
+
+    @property
+    def available(self) -> bool:
+        return not self.requires or importlib.util.find_spec(self.requires) is not None
+
+
+# -- pgpool ---------------------------------------------------------------------------
+
+
+def _build_pgpool(threaded: bool) -> Callable[[PoolConfig], Handle]:
+    def build(cfg: PoolConfig) -> Handle:
+        import pgpool
+
+        counter = Counter()
+        cls = pgpool.ThreadedConnectionPool if threaded else pgpool.SimpleConnectionPool
+        pool = cls(
+            cfg.minconn,
+            cfg.maxconn,
+            cfg.dsn,
+            connection_factory=counting_factory(counter),
+            name="bench",
+            **cfg.pgpool_options,
+        )
+
+        def state() -> State:
+            s = pool.stats()
+            return State(s.idle, s.in_use, s.waiting, s.connecting)
+
+        return Handle(pool.getconn, pool.putconn, pool.closeall, counter, state)
+
+    return build
+
+
+# -- psycopg2.pool --------------------------------------------------------------------
+
+
+def _build_psycopg2(threaded: bool) -> Callable[[PoolConfig], Handle]:
+    def build(cfg: PoolConfig) -> Handle:
+        counter = Counter()
+        cls = (
+            psycopg2.pool.ThreadedConnectionPool if threaded else psycopg2.pool.SimpleConnectionPool
+        )
+        pool: Any = cls(
+            cfg.minconn, cfg.maxconn, cfg.dsn, connection_factory=counting_factory(counter)
+        )
+        inside: list[None] = []  # threads inside getconn (on the lock or retrying)
+
+        def state() -> State:
+            return State(idle=len(pool._pool), in_use=len(pool._used), waiting=len(inside))
+
+        if not (threaded and cfg.retry):
+            return Handle(pool.getconn, pool.putconn, pool.closeall, counter, state)
+
+        getconn = pool.getconn
+
+        def get() -> Any:
+            """The retry loop psycopg2.pool forces on its users: it raises when exhausted."""
+            inside.append(None)  # list.append/pop are atomic: a free, lock-less gauge
+            try:
+                try:
+                    return getconn()
+                except psycopg2.pool.PoolError:
+                    if pool.closed:
+                        raise
+                deadline = time.monotonic() + RETRY_DEADLINE
+                while True:
+                    time.sleep(RETRY_SLEEP)
+                    try:
+                        return getconn()
+                    except psycopg2.pool.PoolError:
+                        if pool.closed or time.monotonic() > deadline:
+                            raise
+            finally:
+                inside.pop()
+
+        return Handle(get, pool.putconn, pool.closeall, counter, state)
+
+    return build
+
+
+# -- psycopg_pool (psycopg 3) ---------------------------------------------------------
+
+
+def _build_psycopg_pool(cfg: PoolConfig) -> Handle:
+    import psycopg_pool
+
+    counter = Counter()
+    pool = psycopg_pool.ConnectionPool(
+        cfg.dsn,
+        min_size=cfg.minconn,
+        max_size=cfg.maxconn,
+        kwargs={"autocommit": True},
+        connection_class=counting_psycopg3_class(counter),
+        open=True,
+        **cfg.psycopg_pool_options,
+    )
+    pool.wait(timeout=60.0)  # min_size connections are opened in the background
+
+    def state() -> State:
+        s = pool.get_stats()
+        available = s.get("pool_available", 0)
+        return State(
+            idle=available,
+            in_use=s.get("pool_size", 0) - available,
+            waiting=s.get("requests_waiting", 0),
+        )
+
+    return Handle(pool.getconn, pool.putconn, pool.close, counter, state)
+
+
+# -- SQLAlchemy QueuePool -------------------------------------------------------------
+
+
+def _build_sqlalchemy(cfg: PoolConfig) -> Handle:
+    from sqlalchemy.pool import QueuePool
+
+    counter = Counter()
+    factory = counting_factory(counter)
+    dsn = cfg.dsn
+
+    def creator() -> Any:
+        return psycopg2.connect(dsn, connection_factory=factory)
+
+    pool = QueuePool(creator, pool_size=cfg.minconn, max_overflow=cfg.maxconn - cfg.minconn)
+    _prime(pool.connect, methodcaller("close"), cfg.minconn)
+
+    def state() -> State:
+        return State(idle=pool.checkedin(), in_use=pool.checkedout(), waiting=0)
+
+    return Handle(pool.connect, methodcaller("close"), pool.dispose, counter, state)
+
+
+# -- DBUtils PooledDB -----------------------------------------------------------------
+
+
+def _build_dbutils(cfg: PoolConfig) -> Handle:
+    from dbutils.pooled_db import PooledDB
+
+    counter = Counter()
+    pool = PooledDB(
+        psycopg2,
+        mincached=cfg.minconn,
+        maxconnections=cfg.maxconn,
+        blocking=True,
+        dsn=cfg.dsn,
+        connection_factory=counting_factory(counter),
+    )
+
+    def state() -> State:
+        return State(idle=len(pool._idle_cache), in_use=pool._connections, waiting=0)
+
+    return Handle(pool.connection, methodcaller("close"), pool.close, counter, state)
+
+
+def _prime(get: Callable[[], Any], put: Callable[[Any], Any], n: int) -> None:
+    """Open `n` connections up front, for pools that only connect on demand."""
+    conns = [get() for _ in range(n)]
+    for conn in conns:
+        put(conn)
+
+
+# -- references -----------------------------------------------------------------------
+
+
+def _noop(conn: Any) -> None:
+    """Returning a connection that was never borrowed."""
+
+
+def _build_raw_psycopg2(cfg: PoolConfig) -> Handle:
+    counter = Counter()
+    conn = psycopg2.connect(cfg.dsn, connection_factory=counting_factory(counter))
+    return Handle(repeat(conn).__next__, _noop, conn.close, counter)
+
+
+def _build_raw_psycopg3(cfg: PoolConfig) -> Handle:
+    counter = Counter()
+    conn = counting_psycopg3_class(counter).connect(cfg.dsn, autocommit=True)
+    return Handle(repeat(conn).__next__, _noop, conn.close, counter)
+
+
+def _build_connect_per_request(cfg: PoolConfig) -> Handle:
+    counter = Counter()
+    factory = counting_factory(counter)
+    dsn = cfg.dsn
+
+    def get() -> Any:
+        return psycopg2.connect(dsn, connection_factory=factory)
+
+    return Handle(get, methodcaller("close"), lambda: None, counter)
+
+
+CONTENDERS: list[Contender] = [
+    Contender("pgpool-threaded", "pgpool Threaded", True, False, "psycopg2", _build_pgpool(True)),
+    Contender("pgpool-simple", "pgpool Simple", False, False, "psycopg2", _build_pgpool(False)),
+    Contender(
+        "psycopg2-threaded",
+        "psycopg2 Threaded",
+        True,
+        False,
+        "psycopg2",
+        _build_psycopg2(True),
+        note="raises when exhausted: wrapped in a retry loop (sleep 1 ms, retry)",
+    ),
+    Contender(
+        "psycopg2-simple", "psycopg2 Simple", False, False, "psycopg2", _build_psycopg2(False)
+    ),
+    Contender(
+        "psycopg_pool",
+        "psycopg_pool",
+        True,
+        False,
+        "psycopg 3",
+        _build_psycopg_pool,
+        requires="psycopg_pool",
+        note="psycopg 3 driver: compare with the raw psycopg 3 floor",
+    ),
+    Contender(
+        "sqlalchemy",
+        "SQLAlchemy QueuePool",
+        True,
+        False,
+        "psycopg2",
+        _build_sqlalchemy,
+        requires="sqlalchemy",
+        note="pool_size=min, max_overflow=max-min",
+    ),
+    Contender(
+        "dbutils",
+        "DBUtils PooledDB",
+        True,
+        False,
+        "psycopg2",
+        _build_dbutils,
+        requires="dbutils",
+        note="mincached=min, maxconnections=max, blocking",
+    ),
+    Contender(
+        "raw-psycopg2",
+        "raw psycopg2 (floor)",
+        False,
+        True,
+        "psycopg2",
+        _build_raw_psycopg2,
+        note="one connection reused: no pool at all",
+    ),
+    Contender(
+        "raw-psycopg3",
+        "raw psycopg 3 (floor)",
+        False,
+        True,
+        "psycopg 3",
+        _build_raw_psycopg3,
+        requires="psycopg",
+        note="psycopg_pool's floor",
+    ),
+    Contender(
+        "connect-per-request",
+        "new connection per request",
+        True,
+        True,
+        "psycopg2",
+        _build_connect_per_request,
+        note="what pooling saves",
+    ),
+]
+
+BY_KEY = {c.key: c for c in CONTENDERS}
+BASELINE = "psycopg2-threaded"  # every ratio in the report is relative to this one
+
+
+def select(
+    *, threaded: bool | None = None, reference: bool | None = None, keys: list[str] | None = None
+) -> list[Contender]:
+    """The available contenders matching the filters, in the canonical order."""
+    chosen = []
+    for c in CONTENDERS:
+        if keys is not None and c.key not in keys:
+            continue
+        if threaded is not None and c.threaded != threaded:
+            continue
+        if reference is not None and c.reference != reference:
+            continue
+        if c.available:
+            chosen.append(c)
+    return chosen
+
+
+def run_query(conn: Any, sql: str) -> None:
+    """One statement, the way application code does it (DB-API: cursor, execute, fetch)."""
+    cur = conn.cursor()
+    cur.execute(sql)
+    cur.fetchone()
+    cur.close()

@@ -1,0 +1,204 @@
+"""Scenario 2, contention: many threads, few connections.
+
+T threads (16) share a pool of M connections (4). Each thread loops: check out, run one
+query, return. Most of the time three out of four threads are *waiting*, so this is where
+pools differ in how they hand a returned connection to a waiter:
+
+- **throughput** (queries per second) rewards *barging*: the thread that just returned a
+  connection takes it straight back, while the others sleep (psycopg2's retry loop,
+  SQLAlchemy, DBUtils). Cheap, but some threads wait a very long time;
+- **checkout wait** p50 / p99 / max shows that price: the maximum is the unluckiest
+  request, the one a user notices;
+- **fairness** (completed requests per thread: least / most, and the coefficient of
+  variation) shows whether every thread got its turn. A FIFO pool (psycopg_pool) hands
+  connections over in arrival order: fair and predictable, but every handoff costs a
+  thread switch.
+
+Two variants: ``SELECT 1`` (the pool's handoff dominates) and ``SELECT pg_sleep(0.002)``
+(2 ms of server work per request, a more typical request, where waits are long).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from benchmarks import contenders as cs
+from benchmarks.common import Context, Table, fmt, fmt_ratio, fmt_spread, opened, run_threads
+from benchmarks.stats import Summary, cdf_points, fairness, percentiles, ratio, summarize
+
+NAME = "contention"
+TITLE = "Contention: 16 threads share 4 connections"
+THREADS, CONNECTIONS = 16, 4
+VARIANTS = {"select1": "SELECT 1", "sleep2ms": "SELECT pg_sleep(0.002)"}
+VARIANT_TITLES = {"select1": "SELECT 1", "sleep2ms": "2 ms server work"}
+
+
+def _sizes(quick: bool) -> tuple[int, float, float]:
+    """(repetitions, seconds per repetition, seconds of unrecorded warm-up load)."""
+    return (1, 0.3, 0.1) if quick else (3, 2.0, 0.2)
+
+
+def _contenders() -> list[cs.Contender]:
+    return cs.select(threaded=True, reference=False)
+
+
+def steps(quick: bool) -> int:
+    reps, _, _ = _sizes(quick)
+    return reps * len(VARIANTS) * len(_contenders())
+
+
+def load(
+    handle: cs.Handle, sql: str, threads: int, duration: float
+) -> tuple[list[int], list[list[float]], float]:
+    """`threads` threads loop checkout/query/return for `duration` seconds.
+
+    Returns the requests each thread completed before the deadline, every checkout wait
+    (seconds, per thread) and the measured duration.
+    """
+    get, put, query = handle.get, handle.put, cs.run_query
+    counts = [0] * threads
+    waits: list[list[float]] = [[] for _ in range(threads)]
+    clock = time.perf_counter
+    deadline = float("inf")
+
+    def worker(i: int) -> None:
+        mine = waits[i]
+        done = 0
+        while True:
+            start = clock()
+            if start >= deadline:
+                break
+            conn = get()
+            mine.append(clock() - start)
+            try:
+                query(conn, sql)
+            finally:
+                put(conn)
+            if clock() <= deadline:
+                done += 1
+        counts[i] = done
+
+    def release() -> None:
+        nonlocal deadline
+        deadline = clock() + duration
+
+    run_threads(threads, worker, name="contention", on_release=release)
+    return counts, waits, duration
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    reps, duration, warmup = _sizes(ctx.quick)
+    chosen = _contenders()
+    cfg = cs.PoolConfig(ctx.dsn, CONNECTIONS, CONNECTIONS)
+    variants: dict[str, Any] = {}
+    for variant, sql in VARIANTS.items():
+        per_rep: dict[str, list[dict[str, Any]]] = {c.key: [] for c in chosen}
+        all_waits: dict[str, list[float]] = {c.key: [] for c in chosen}
+        for rep in range(reps):
+            shift = rep % len(chosen)
+            for c in chosen[shift:] + chosen[:shift]:
+                with opened(c, cfg) as handle:
+                    load(handle, sql, THREADS, warmup)
+                    counts, waits, elapsed = load(handle, sql, THREADS, duration)
+                flat = [w for thread in waits for w in thread]
+                all_waits[c.key].extend(flat)
+                per_rep[c.key].append(_measure(counts, flat, elapsed))
+                ctx.advance(f"contention / {VARIANT_TITLES[variant]} / {c.key}")
+        variants[variant] = _analyse(chosen, per_rep, all_waits)
+    return {
+        "title": TITLE,
+        "settings": {
+            "threads": THREADS,
+            "connections": CONNECTIONS,
+            "repetitions": reps,
+            "seconds": duration,
+        },
+        "labels": {c.key: c.label for c in cs.CONTENDERS},
+        "variants": variants,
+    }
+
+
+def _measure(counts: list[int], waits: list[float], elapsed: float) -> dict[str, Any]:
+    p50, p99, top = percentiles(waits, [50, 99, 100]) if waits else (0.0, 0.0, 0.0)
+    fair = fairness(counts)
+    return {
+        "qps": sum(counts) / elapsed,
+        "wait_p50_ms": p50 * 1e3,
+        "wait_p99_ms": p99 * 1e3,
+        "wait_max_ms": top * 1e3,
+        "fair_min_max": fair.min_max_ratio,
+        "fair_cv": fair.cv,
+        "fair_jain": fair.jain,
+        "counts": counts,
+    }
+
+
+METRICS = ("qps", "wait_p50_ms", "wait_p99_ms", "wait_max_ms", "fair_min_max", "fair_cv")
+
+
+def _analyse(
+    chosen: list[cs.Contender],
+    per_rep: dict[str, list[dict[str, Any]]],
+    all_waits: dict[str, list[float]],
+) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for c in chosen:
+        reps = per_rep[c.key]
+        row: dict[str, Any] = {m: summarize(r[m] for r in reps).to_dict() for m in METRICS}
+        row["counts"] = [r["counts"] for r in reps]
+        xs, ys = cdf_points(w * 1e3 for w in all_waits[c.key])
+        row["wait_cdf_ms"] = {"x": xs, "y": ys}
+        rows[c.key] = row
+    base = rows.get(cs.BASELINE)
+    for row in rows.values():
+        row["qps_vs_baseline"] = (
+            ratio(row["qps"]["median"], base["qps"]["median"]) if base else None
+        )
+    return {"rows": rows}
+
+
+def tables(result: dict[str, Any]) -> list[Table]:
+    out = []
+    labels = result["labels"]
+    st = result["settings"]
+    for variant, data in result["variants"].items():
+        title = (
+            f"contention: {st['threads']} threads / {st['connections']} connections, "
+            f"{VARIANT_TITLES[variant]}"
+        )
+        cols = [
+            "contender",
+            "queries/s",
+            "vs psycopg2 Threaded",
+            "wait p50 ms",
+            "wait p99 ms",
+            "wait max ms",
+            "fairness min/max",
+            "fairness CV",
+        ]
+        rows = []
+        for key, row in data["rows"].items():
+            q = Summary.from_dict(row["qps"])
+            rows.append(
+                [
+                    labels[key],
+                    fmt_spread(q.median, q.p25, q.p75, 0),
+                    fmt_ratio(row["qps_vs_baseline"]),
+                    fmt(row["wait_p50_ms"]["median"], 2),
+                    fmt(row["wait_p99_ms"]["median"], 2),
+                    fmt(row["wait_max_ms"]["median"], 1),
+                    fmt(row["fair_min_max"]["median"], 2),
+                    fmt(row["fair_cv"]["median"], 2),
+                ]
+            )
+        notes = [
+            f"median of {st['repetitions']} repetitions of {st['seconds']:g} s each; "
+            "fairness: completed requests per thread, min/max 1.0 = even, CV 0.0 = even",
+            "psycopg2 Threaded raises when exhausted: it runs inside a retry loop "
+            "(sleep 1 ms, retry), as its users must write",
+            f"a max wait close to {st['seconds']:g} s (the length of a run) means a thread got "
+            "no connection for the whole run: it starved",
+        ]
+        out.append(Table(title, cols, rows, notes))
+    return out

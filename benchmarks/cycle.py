@@ -1,0 +1,165 @@
+"""Scenario 1, cycle: what one checkout + return costs, with and without a query.
+
+One thread borrows a connection and gives it straight back, over and over. Nobody waits,
+nobody connects: this is the pool's bookkeeping alone, the price paid on *every* request
+of an application. Two variants:
+
+- **no query**: ``getconn()`` + ``putconn()``: pure pool overhead, in microseconds;
+- **SELECT 1**: the same with the cheapest possible query in between, next to the *floor*
+  (one raw connection reused, no pool at all). The difference is what the pool adds to a
+  real (tiny) request; a good pool disappears in the round trip.
+
+psycopg_pool runs on the psycopg 3 driver, so its floor is a raw psycopg 3 connection.
+With a single thread psycopg2.pool is never exhausted, so it runs without a retry loop.
+
+Method: every contender is opened at once and they take turns, in many short repetitions
+(a few milliseconds each), so that a slow patch of the machine hits everyone alike; the
+garbage collector is paused while timing, like `timeit`. The figure is the median over
+repetitions, with half the interquartile range as spread; ratios are the median of the
+per-repetition ratios.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from typing import Any
+
+from benchmarks import contenders as cs
+from benchmarks.common import Context, Table, fmt, fmt_ratio, fmt_spread, no_gc, opened
+from benchmarks.stats import Summary, summarize
+
+NAME = "cycle"
+TITLE = "Checkout + return, one thread"
+MINCONN, MAXCONN = 1, 4
+VARIANTS = {"noop": None, "select1": "SELECT 1"}
+VARIANT_TITLES = {"noop": "no query", "select1": "SELECT 1"}
+FLOORS = {"psycopg 3": "raw-psycopg3", "psycopg2": "raw-psycopg2"}
+
+
+def _sizes(quick: bool) -> dict[str, tuple[int, int]]:
+    """(repetitions, cycles per repetition) for each variant.
+
+    Many short repetitions rather than a few long ones: with the contenders taking turns,
+    each repetition compares them under the same conditions of the machine, and the
+    median of many such comparisons shrugs off a burst of load elsewhere.
+    """
+    if quick:
+        return {"noop": (10, 500), "select1": (20, 20)}
+    return {"noop": (60, 2000), "select1": (300, 40)}
+
+
+def _contenders(variant: str) -> list[cs.Contender]:
+    pools = cs.select(reference=False)
+    if variant == "noop":
+        return pools
+    return pools + cs.select(keys=list(FLOORS.values()))
+
+
+def steps(quick: bool) -> int:
+    return len(VARIANTS)
+
+
+def _time_cycles(handle: cs.Handle, n: int, sql: str | None) -> float:
+    """Microseconds per cycle over `n` cycles."""
+    get, put, query = handle.get, handle.put, cs.run_query
+    start = time.perf_counter()
+    if sql is None:
+        for _ in range(n):
+            put(get())
+    else:
+        for _ in range(n):
+            conn = get()
+            query(conn, sql)
+            put(conn)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    sizes = _sizes(ctx.quick)
+    cfg = cs.PoolConfig(ctx.dsn, MINCONN, MAXCONN, retry=False)
+    variants: dict[str, Any] = {}
+    for variant, sql in VARIANTS.items():
+        chosen = _contenders(variant)
+        reps, n = sizes[variant]
+        samples: dict[str, list[float]] = {c.key: [] for c in chosen}
+        with ExitStack() as stack:
+            handles = {c.key: stack.enter_context(opened(c, cfg)) for c in chosen}
+            with no_gc():
+                for handle in handles.values():  # warm-up: caches, first-use paths
+                    _time_cycles(handle, n * 5, sql)
+                for rep in range(reps):
+                    order = list(handles.items())
+                    shift = rep % len(order)  # rotate who goes first
+                    for key, handle in order[shift:] + order[:shift]:
+                        samples[key].append(_time_cycles(handle, n, sql))
+        ctx.advance(f"cycle / {VARIANT_TITLES[variant]}")
+        variants[variant] = _analyse(chosen, samples, variant)
+        variants[variant].update(cycles=n, repetitions=reps)
+    return {
+        "title": TITLE,
+        "settings": {"minconn": MINCONN, "maxconn": MAXCONN},
+        "labels": {c.key: c.label for c in cs.CONTENDERS},
+        "variants": variants,
+    }
+
+
+def _paired(mine: list[float], theirs: list[float]) -> Summary:
+    """mine / theirs, repetition by repetition: both were timed moments apart."""
+    return summarize(m / t for m, t in zip(mine, theirs, strict=True))
+
+
+def _analyse(
+    chosen: list[cs.Contender], samples: dict[str, list[float]], variant: str
+) -> dict[str, Any]:
+    base = samples.get(cs.BASELINE)
+    rows: dict[str, Any] = {}
+    for c in chosen:
+        s = summarize(samples[c.key])
+        row: dict[str, Any] = {
+            "us": s.to_dict(),
+            "samples": samples[c.key],
+            # The ratio of each repetition's pair, not the ratio of two medians.
+            "vs_baseline": _paired(samples[c.key], base).median if base else None,
+        }
+        floor_key = FLOORS[c.driver]
+        if variant == "select1" and floor_key in samples and not c.reference:
+            floor = samples[floor_key]
+            row["floor"] = floor_key
+            row["overhead_us"] = summarize(
+                m - f for m, f in zip(samples[c.key], floor, strict=True)
+            ).median
+            row["overhead_pct"] = (_paired(samples[c.key], floor).median - 1) * 100
+        rows[c.key] = row
+    return {"rows": rows}
+
+
+def tables(result: dict[str, Any]) -> list[Table]:
+    out = []
+    labels = result["labels"]
+    for variant, data in result["variants"].items():
+        title = f"cycle: checkout + return, {VARIANT_TITLES[variant]} (us per cycle)"
+        cols = ["contender", "us / cycle", "vs psycopg2 Threaded"]
+        if variant == "select1":
+            cols += ["overhead above floor"]
+        rows = []
+        for key, row in data["rows"].items():
+            s = Summary.from_dict(row["us"])
+            digits = 2 if variant == "noop" else 1
+            cells = [labels[key], fmt_spread(s.median, s.p25, s.p75, digits)]
+            cells.append(fmt_ratio(row["vs_baseline"]))
+            if variant == "select1":
+                if "overhead_us" in row:
+                    over = f"{fmt(row['overhead_us'], 1, ' us')} ({row['overhead_pct']:+.1f} %)"
+                    cells.append(over)
+                else:
+                    cells.append("(floor)" if key in FLOORS.values() else "-")
+            rows.append(cells)
+        notes = [
+            f"median of {data['repetitions']} repetitions x {data['cycles']:,} cycles, "
+            "± half the interquartile range; lower is better",
+            "ratios and overheads are medians of per-repetition comparisons (contenders take "
+            "turns within each repetition)",
+        ]
+        out.append(Table(title, cols, rows, notes))
+    return out

@@ -1,0 +1,119 @@
+"""The headline table: one line per key number, pgpool next to psycopg2.pool and the best
+of the other pools, all from the same run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.common import Table
+
+PGPOOL, PSYCOPG2 = "pgpool-threaded", "psycopg2-threaded"
+OTHERS = ("psycopg_pool", "sqlalchemy", "dbutils")
+
+
+def _pick(
+    rows: dict[str, Any], value: Callable[[dict[str, Any]], float], higher_is_better: bool
+) -> tuple[str, float] | None:
+    """The best of the other pools for this metric: (key, value)."""
+    found = [(k, value(rows[k])) for k in OTHERS if k in rows]
+    if not found:
+        return None
+    return (max if higher_is_better else min)(found, key=lambda kv: kv[1])
+
+
+def _line(
+    what: str,
+    rows: dict[str, Any],
+    labels: dict[str, str],
+    value: Callable[[dict[str, Any]], float],
+    fmt: str,
+    higher_is_better: bool,
+) -> list[str] | None:
+    if PGPOOL not in rows or PSYCOPG2 not in rows:
+        return None
+    mine, theirs = value(rows[PGPOOL]), value(rows[PSYCOPG2])
+    best = _pick(rows, value, higher_is_better)
+    best_cell = f"{fmt.format(best[1])} ({labels[best[0]]})" if best else "-"
+    times = f"{mine / theirs:.2f}x" if theirs else "-"
+    return [what, fmt.format(mine), fmt.format(theirs), times, best_cell]
+
+
+def _med(metric: str, scale: float = 1.0) -> Callable[[dict[str, Any]], float]:
+    return lambda row: float(row[metric]["median"]) * scale
+
+
+def headline(scenarios: dict[str, Any]) -> Table:
+    lines: list[list[str] | None] = []
+    ok = {k: v for k, v in scenarios.items() if "error" not in v}
+    if "cycle" in ok:
+        res = ok["cycle"]
+        for variant, what in (("noop", "checkout + return"), ("select1", "... + SELECT 1")):
+            rows = res["variants"][variant]["rows"]
+            fmt = "{:.2f} us" if variant == "noop" else "{:.1f} us"
+            lines.append(_line(f"cycle: {what}", rows, res["labels"], _med("us"), fmt, False))
+    if "contention" in ok:
+        res = ok["contention"]
+        for variant, what in (("select1", "SELECT 1"), ("sleep2ms", "2 ms work")):
+            rows = res["variants"][variant]["rows"]
+            lines.append(
+                _line(f"contention {what}: q/s", rows, res["labels"], _med("qps"), "{:,.0f}", True)
+            )
+            lines.append(
+                _line(
+                    f"contention {what}: max wait",
+                    rows,
+                    res["labels"],
+                    _med("wait_max_ms"),
+                    "{:,.1f} ms",
+                    False,
+                )
+            )
+    if "churn" in ok:
+        res = ok["churn"]
+        rows, labels = res["rows"], res["labels"]
+        lines.append(_line("churn (1, 3): q/s", rows, labels, _med("qps"), "{:,.0f}", True))
+        lines.append(
+            _line("churn: reconnects / 1000 req.", rows, labels, _med("reconnects_per_1k"),
+                  "{:,.0f}", False)
+        )  # fmt: skip
+    if "spike" in ok and "skipped" not in ok["spike"]:
+        res = ok["spike"]
+        rows, labels = res["rows"], res["labels"]
+        lines.append(
+            _line("spike: all 50 served", rows, labels, _med("served_s", 1e3), "{:,.0f} ms", False)
+        )
+        lines.append(
+            _line("spike: connections opened", rows, labels, _med("opened_after_settle"),
+                  "{:.0f}", False)
+        )  # fmt: skip
+    if "scale" in ok:
+        res = ok["scale"]
+
+        def grow(row: dict[str, Any]) -> float:
+            return float(row["largest_vs_ref"])
+
+        lines.append(
+            _line("scale: maxconn 1000 / 4", res["maxconn"]["idle"], res["labels"], grow,
+                  "{:.2f}x", False)
+        )  # fmt: skip
+        lines.append(
+            _line("scale: 256 threads / 1", res["threads"], res["labels"], grow, "{:.2f}x", False)
+        )
+    if "unpooled" in ok:
+        rows = ok["unpooled"]["rows"]
+        if "connect-per-request" in rows and PGPOOL in rows:
+            unpooled = rows["connect-per-request"]["us"]["median"]
+            pooled = rows[PGPOOL]["us"]["median"]
+            lines.append(
+                [
+                    "SELECT 1: new connection vs pgpool",
+                    f"{pooled:,.1f} us",
+                    f"{rows[PSYCOPG2]['us']['median']:,.1f} us" if PSYCOPG2 in rows else "-",
+                    "-",
+                    f"unpooled {unpooled:,.0f} us = {unpooled / pooled:.0f}x slower",
+                ]
+            )
+    cols = ["", "pgpool Threaded", "psycopg2 Threaded", "pgpool / psycopg2", "best other pool"]
+    notes = ["medians from this run; 'best other pool': psycopg_pool, SQLAlchemy or DBUtils"]
+    return Table("headline", cols, [line for line in lines if line is not None], notes)

@@ -1,0 +1,239 @@
+"""`pgpool bench`: start a server, run the scenarios, print tables, write the report.
+
+Writes into the output folder:
+
+- ``results.json``: every number, plus the machine, the versions and the settings;
+- ``report.md``: tables, the goals (MET / MISSED) and an explanation of each scenario;
+- ``plots/*.png`` and ``plots/*.svg``: the charts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psycopg2
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from benchmarks import churn, contention, cycle, scale, spike, unpooled
+from benchmarks.common import Context
+from benchmarks.dsn import describe_dsn, mask_dsn
+from benchmarks.goals import evaluate
+from benchmarks.headline import headline
+from benchmarks.plots import write_plots
+from benchmarks.report import markdown_report, print_goals, print_table
+
+SCENARIOS: list[ModuleType] = [cycle, contention, churn, spike, scale, unpooled]
+BY_NAME = {m.NAME: m for m in SCENARIOS}
+MIN_SERVER_CONNECTIONS = 120  # spike opens up to 50 + the other pools' leftovers
+
+
+@dataclass(frozen=True)
+class Options:
+    dsn: str | None = None  # None: start an embedded server
+    out: Path = Path("bench-results")
+    quick: bool = False
+    scenarios: tuple[str, ...] = ()  # empty: all of them
+
+
+def select(names: Sequence[str]) -> list[ModuleType]:
+    """The scenario modules named (all if none), in the canonical order."""
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(BY_NAME)}")
+    return [m for m in SCENARIOS if not names or m.NAME in names]
+
+
+@contextmanager
+def server(dsn: str | None) -> Iterator[tuple[str, str]]:
+    """Yield (dsn, where): the given DSN, or an embedded server started for this run."""
+    if dsn is not None:
+        yield dsn, "given with --dsn"
+        return
+    from pgpool.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres(max_connections=200) as pg:
+        yield pg.dsn, "embedded, started for this run"
+
+
+def _server_info(dsn: str, where: str) -> dict[str, Any]:
+    from pgpool.embedded import run_sql
+
+    rows = run_sql(
+        dsn, "SELECT current_setting('server_version'), current_setting('max_connections')::int"
+    )
+    assert rows is not None
+    version, max_connections = rows[0]
+    return {
+        "version": version,
+        "max_connections": max_connections,
+        "where": where,
+        "dsn": describe_dsn(dsn),  # host, port and dbname only: never a password
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _versions() -> dict[str, str | None]:
+    import pgpool
+
+    return {
+        "pgpool": pgpool.__version__,
+        "psycopg2": _version("psycopg2-binary") or _version("psycopg2"),
+        "psycopg": _version("psycopg"),
+        "psycopg_pool": _version("psycopg-pool"),
+        "SQLAlchemy": _version("SQLAlchemy"),
+        "DBUtils": _version("DBUtils"),
+        "matplotlib": _version("matplotlib"),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run(options: Options, console: Console | None = None) -> int:
+    """Run the benchmark; return 0, 1 if a scenario failed, 2 if the server is unreachable."""
+    if console is None:
+        # Piped output (CI logs, tests) gets wide tables instead of rich's 80 columns.
+        wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+        console = Console(width=160 if wide else None)
+    modules = select(options.scenarios)
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    kind = "quick" if options.quick else "full"
+    machine = _machine()  # the load average now, before the run adds its own
+    with server(options.dsn) as (dsn, where):
+        try:
+            info = _server_info(dsn, where)
+        except psycopg2.Error as exc:
+            message = mask_dsn(str(exc).strip())  # libpq may echo parts of the DSN
+            console.print(f"[bold red]cannot connect to {describe_dsn(dsn)}:[/bold red] {message}")
+            return 2
+        console.print(
+            f"[bold]pgpool bench[/bold]: {kind} run of {len(modules)} scenario(s) on "
+            f"PostgreSQL {info['version']} ({where}: {info['dsn']})"
+        )
+        if info["max_connections"] < MIN_SERVER_CONNECTIONS:
+            console.print(
+                f"[yellow]warning: the server allows only {info['max_connections']} "
+                f"connections; the spike scenario needs about {MIN_SERVER_CONNECTIONS}[/yellow]"
+            )
+        scenarios = _run_scenarios(modules, dsn, options.quick, console)
+    results: dict[str, Any] = {
+        "meta": {
+            "started": started.isoformat(timespec="seconds"),
+            "duration_s": time.perf_counter() - t0,
+            "quick": options.quick,
+            "scenarios": [m.NAME for m in modules],
+            "machine": {
+                **machine,
+                "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            },
+            "versions": _versions(),
+            "server": info,
+            "command": "pgpool bench" + (" --quick" if options.quick else ""),
+        },
+        "scenarios": scenarios,
+    }
+    goals = evaluate({k: v for k, v in scenarios.items() if "error" not in v})
+    results["goals"] = [g.to_dict() for g in goals]
+    print_table(console, headline(scenarios))
+    print_goals(console, goals)
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(scenarios, out / "plots")
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "report.md").write_text(markdown_report(results, modules, goals, plots))
+    console.print(
+        f"wrote {out / 'results.json'}, {out / 'report.md'} and "
+        f"{sum(len(v) for v in plots.values()) * 2} plots in {out / 'plots'} "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+    failed = [name for name, res in scenarios.items() if "error" in res]
+    if failed:
+        console.print(f"[bold red]scenario(s) failed: {', '.join(failed)}[/bold red]")
+        return 1
+    return 0
+
+
+def _run_scenarios(
+    modules: Sequence[ModuleType], dsn: str, quick: bool, console: Console
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description:<48}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("starting", total=sum(m.steps(quick) for m in modules))
+
+        def advance(description: str) -> None:
+            progress.update(task, advance=1, description=description)
+
+        for module in modules:
+            progress.update(task, description=f"{module.NAME}")
+            done_before = progress.tasks[0].completed
+            ctx = Context(dsn=dsn, quick=quick, advance=advance)
+            start = time.perf_counter()
+            try:
+                result = module.run(ctx)
+            except Exception:
+                progress.console.print(f"[bold red]scenario {module.NAME} failed[/bold red]")
+                progress.console.print(traceback.format_exc())
+                results[module.NAME] = {"error": traceback.format_exc(limit=8)}
+            else:
+                result["seconds"] = time.perf_counter() - start
+                results[module.NAME] = result
+                for table in module.tables(result):
+                    print_table(progress.console, table)
+            # A failed or short scenario still moves the bar to where it should be.
+            expected = done_before + module.steps(quick)
+            progress.update(task, completed=expected)
+    return results

@@ -1,0 +1,111 @@
+"""Scenario 6, pooled vs unpooled: why connection pools exist at all.
+
+Opening a PostgreSQL connection is expensive: a TCP handshake, authentication, and on the
+server a brand new backend *process* (fork, catalog caches warmed from scratch). Closing it
+throws all of that away. A pool pays that price once per connection instead of once per
+request.
+
+One thread runs ``SELECT 1`` over and over, four ways:
+
+- **new connection per request**: ``psycopg2.connect()``, query, ``close()``: the code
+  people write before they know about pools;
+- **pgpool** and **psycopg2.pool**: ``getconn()``, query, ``putconn()``;
+- **raw connection reused**: the floor, one connection and no pool at all.
+
+The headline is the ratio: how many pooled requests fit in the time of one unpooled one.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from typing import Any
+
+from benchmarks import contenders as cs
+from benchmarks.common import Context, Table, fmt, fmt_spread, opened
+from benchmarks.stats import Summary, summarize
+
+NAME = "unpooled"
+TITLE = "Pooled vs unpooled: SELECT 1 with and without a pool"
+SQL = "SELECT 1"
+KEYS = ("connect-per-request", "pgpool-threaded", "psycopg2-threaded", "raw-psycopg2")
+UNPOOLED = "connect-per-request"
+
+
+def _sizes(quick: bool) -> tuple[int, int, int]:
+    """(repetitions, requests per repetition unpooled, requests per repetition pooled)."""
+    return (3, 30, 300) if quick else (5, 200, 2000)
+
+
+def steps(quick: bool) -> int:
+    reps, _, _ = _sizes(quick)
+    return reps * len(KEYS)
+
+
+def _time_requests(handle: cs.Handle, n: int) -> float:
+    """Microseconds per request (checkout or connect, SELECT 1, return or close)."""
+    get, put, query = handle.get, handle.put, cs.run_query
+    start = time.perf_counter()
+    for _ in range(n):
+        conn = get()
+        query(conn, SQL)
+        put(conn)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    reps, n_unpooled, n_pooled = _sizes(ctx.quick)
+    chosen = cs.select(keys=list(KEYS))
+    cfg = cs.PoolConfig(ctx.dsn, 1, 4, retry=False)
+    samples: dict[str, list[float]] = {c.key: [] for c in chosen}
+    with ExitStack() as stack:
+        handles = {c.key: stack.enter_context(opened(c, cfg)) for c in chosen}
+        for key, handle in handles.items():
+            _time_requests(handle, 5 if key == UNPOOLED else 100)  # warm-up
+        for _rep in range(reps):
+            for key, handle in handles.items():
+                n = n_unpooled if key == UNPOOLED else n_pooled
+                samples[key].append(_time_requests(handle, n))
+                ctx.advance(f"unpooled / {key}")
+        connects = {key: handle.opened.value for key, handle in handles.items()}
+    summaries = {key: summarize(v) for key, v in samples.items()}
+    unpooled = summaries[UNPOOLED].median
+    rows = {
+        key: {
+            "us": s.to_dict(),
+            "speedup_vs_unpooled": unpooled / s.median,
+            "connections_opened": connects[key],
+        }
+        for key, s in summaries.items()
+    }
+    return {
+        "title": TITLE,
+        "settings": {
+            "repetitions": reps,
+            "requests_unpooled": n_unpooled,
+            "requests_pooled": n_pooled,
+        },
+        "labels": {c.key: c.label for c in cs.CONTENDERS},
+        "rows": rows,
+    }
+
+
+def tables(result: dict[str, Any]) -> list[Table]:
+    st = result["settings"]
+    cols = ["", "us per request", "requests in the time of one unpooled", "connections opened"]
+    rows = []
+    for key, row in result["rows"].items():
+        s = Summary.from_dict(row["us"])
+        rows.append(
+            [
+                result["labels"][key],
+                fmt_spread(s.median, s.p25, s.p75, 1),
+                fmt(row["speedup_vs_unpooled"], 1, "x"),
+                str(row["connections_opened"]),
+            ]
+        )
+    notes = [
+        f"one thread, SELECT 1; median of {st['repetitions']} repetitions of "
+        f"{st['requests_unpooled']} (unpooled) / {st['requests_pooled']:,} (pooled) requests"
+    ]
+    return [Table("pooled vs unpooled: SELECT 1", cols, rows, notes)]

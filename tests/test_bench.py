@@ -1,0 +1,192 @@
+"""`pgpool bench`: an end-to-end smoke test of `--quick`, and the pieces that need no server.
+
+The smoke test checks that everything is *produced* and well-formed (results.json, the
+Markdown report, PNG and SVG plots), never how fast anything was: timings on a shared CI
+machine prove nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from benchmarks import runner
+from benchmarks.dsn import describe_dsn, mask_dsn
+from benchmarks.goals import evaluate
+from pgpool.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SCENARIOS = ["cycle", "contention", "churn", "spike", "scale", "unpooled"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str, str]:
+    """Run `pgpool bench --quick` once, in-process; (out folder, exit code, output, secret)."""
+    out = tmp_path_factory.mktemp("bench") / "results"
+    # The DSN must never be printed with its password. The test server trusts local
+    # connections, so a made-up password is accepted and ignored; a real one is kept.
+    secret = parse_dsn(dsn).get("password")
+    if not secret:
+        secret = "n0t-t0-be-printed"
+        dsn = make_dsn(dsn, password=secret)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = main(["bench", "--quick", "--dsn", dsn, "--out", str(out)])
+    return out, code, printed.getvalue(), secret
+
+
+def test_quick_run_succeeds(quick_run: tuple[Path, int, str, str]) -> None:
+    _out, code, printed, _secret = quick_run
+    assert code == 0, printed
+    for name in SCENARIOS:
+        assert f"{name}" in printed
+    assert "MET" in printed or "MISSED" in printed  # the goals table is shown
+
+
+def test_results_json(quick_run: tuple[Path, int, str, str]) -> None:
+    out = quick_run[0]
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    meta = results["meta"]
+    assert meta["quick"] is True
+    assert meta["machine"]["cpu_count"] >= 1
+    assert meta["versions"]["pgpool"] and meta["versions"]["psycopg2"]
+    assert meta["server"]["version"]
+    assert set(results["scenarios"]) == set(SCENARIOS)
+    for name, scenario in results["scenarios"].items():
+        assert "error" not in scenario, f"{name}: {scenario.get('error')}"
+        assert scenario["seconds"] > 0
+    cycle = results["scenarios"]["cycle"]["variants"]
+    assert {"pgpool-threaded", "psycopg2-threaded", "raw-psycopg2"} <= set(cycle["select1"]["rows"])
+    assert "pgpool-simple" in cycle["noop"]["rows"]
+    contention = results["scenarios"]["contention"]["variants"]["select1"]["rows"]
+    assert "pgpool-simple" not in contention  # single-thread pools stay out of threaded runs
+    assert contention["pgpool-threaded"]["qps"]["median"] > 0
+    churn = results["scenarios"]["churn"]
+    assert {"pgpool-threaded", "psycopg2-threaded"} <= set(churn["timelines"])
+    timeline = churn["timelines"]["pgpool-threaded"]
+    assert len(timeline["t"]) == len(timeline["idle"]) == len(timeline["opened"]) > 0
+    verdicts = {g["verdict"] for g in results["goals"]}
+    assert verdicts <= {"MET", "MISSED"}  # every goal was judged (none NOT RUN)
+    assert len(results["goals"]) >= 10
+
+
+def test_markdown_report(quick_run: tuple[Path, int, str, str]) -> None:
+    out = quick_run[0]
+    report = (out / "report.md").read_text()
+    assert report.startswith("# pgpool benchmark report")
+    assert "## Goals" in report
+    assert "| scenario | goal | measured | verdict |" in report
+    for line in report.splitlines():
+        if line.startswith("|"):  # every table row is closed
+            assert line.rstrip().endswith("|"), line
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(images) >= 9
+    for image in images:
+        assert (out / image).is_file(), image
+
+
+def test_plots(quick_run: tuple[Path, int, str, str]) -> None:
+    plots = quick_run[0] / "plots"
+    pngs = sorted(plots.glob("*.png"))
+    svgs = sorted(plots.glob("*.svg"))
+    names = {p.stem for p in pngs}
+    expected = {"cycle", "contention", "contention_wait_cdf", "churn", "churn_timeline"}
+    expected |= {"spike", "spike_timeline", "scale", "unpooled"}
+    assert expected <= names
+    assert {p.stem for p in svgs} == names
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC, png
+    for svg in svgs:
+        root = ET.parse(svg).getroot()  # well-formed XML
+        assert root.tag.endswith("svg"), svg
+
+
+def test_no_password_anywhere(quick_run: tuple[Path, int, str, str]) -> None:
+    out, _code, printed, secret = quick_run
+    assert secret not in printed
+    for path in [out / "results.json", out / "report.md"]:
+        assert secret not in path.read_text(), path
+
+
+# -- no server needed -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dsn", "masked"),
+    [
+        ("host=db password=s3cret dbname=app", "host=db password=*** dbname=app"),
+        ("host=db password = s3cret", "host=db password = ***"),
+        ("password='s3 cr\\'et' host=db", "password=*** host=db"),
+        ("host=db dbname=app", "host=db dbname=app"),
+        ("HOST=db PASSWORD=x", "HOST=db PASSWORD=***"),
+        ("postgresql://bob:s3cret@db:5432/app", "postgresql://bob:***@db:5432/app"),
+        ("postgres://bob@db/app?password=s3cret&sslmode=off",
+         "postgres://bob@db/app?password=***&sslmode=off"),
+        ("postgresql://bob:p%40ss@h1,h2/app", "postgresql://bob:***@h1,h2/app"),
+        ("postgresql:///app?host=/tmp", "postgresql:///app?host=/tmp"),
+    ],
+)  # fmt: skip
+def test_mask_dsn(dsn: str, masked: str) -> None:
+    assert mask_dsn(dsn) == masked
+
+
+def test_describe_dsn_shows_host_port_dbname_only() -> None:
+    text = describe_dsn("host=db port=6432 dbname=app user=bob password=s3cret")
+    assert text == "host=db port=6432 dbname=app"
+    uri = describe_dsn("postgresql://bob:s3cret@db:6432/app")
+    assert uri == "host=db port=6432 dbname=app"
+    assert "s3cret" not in describe_dsn("nonsense password=s3cret")
+
+
+def test_unknown_scenario_is_rejected_before_anything_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "--scenario", "nope", "--dsn", "host=/nonexistent"]) == 2
+    assert "unknown scenario nope" in capsys.readouterr().err
+    assert [m.NAME for m in runner.select(["spike", "cycle"])] == ["cycle", "spike"]
+
+
+def test_unreachable_server_fails_cleanly_without_the_password(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    dsn = "host=127.0.0.1 port=1 dbname=nowhere password=hunter2 connect_timeout=2"
+    assert main(["bench", "--quick", "--dsn", dsn, "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "cannot connect to host=127.0.0.1 port=1 dbname=nowhere" in captured.out
+    assert "hunter2" not in captured.out + captured.err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_cli_help_names_every_scenario() -> None:
+    import pgpool.cli
+
+    names = ", ".join(runner.BY_NAME)
+    assert names == pgpool.cli.SCENARIOS
+
+
+def test_goals_not_run_when_scenario_missing() -> None:
+    goals = evaluate({})
+    assert goals and all(g.verdict == "NOT RUN" for g in goals)
+
+
+def test_cli_imports_no_benchmark_code() -> None:
+    """The runtime package needs psycopg2 only: `pgpool.cli` loads benchmarks lazily."""
+    code = (
+        "import sys, pgpool, pgpool.cli; "
+        "heavy = {'benchmarks', 'matplotlib', 'rich', 'psycopg', 'sqlalchemy'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
