@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,11 +17,48 @@ from benchmarks.contenders import Contender, Handle, PoolConfig
 
 @dataclass
 class Context:
-    """Where and how big to run; `advance` moves the progress bar one step."""
+    """Where and how big to run; `advance` moves the progress bar one step.
+
+    `server_pid` is the postmaster's pid when the server runs on this machine under our
+    control (the embedded one), else None.
+    """
 
     dsn: str
     quick: bool = False
     advance: Callable[[str], None] = lambda description: None
+    server_pid: int | None = None
+
+
+@contextmanager
+def same_cpu(ctx: Context) -> Iterator[str]:
+    """Run this thread and the server's *new* backends on one CPU; yield how it went.
+
+    On small virtual machines a round trip between two processes costs several times more
+    when they sit on different CPUs (the sleeping CPU must be woken up) than on the same
+    one, and the scheduler moves processes between the two from one second to the next.
+    A single-thread latency benchmark then measures where the scheduler happened to put
+    each connection's backend, not the pool. Pinning the client thread and the
+    postmaster (whose children, the backends, inherit the setting) to one CPU gives every
+    contender the same placement. Only possible with the embedded server; restored after.
+    """
+    if ctx.server_pid is None or not hasattr(os, "sched_setaffinity"):
+        yield "not controlled (server not started by this run)"
+        return
+    client_cpus = os.sched_getaffinity(0)
+    server_cpus = os.sched_getaffinity(ctx.server_pid)
+    cpu = min(client_cpus & server_cpus or client_cpus)
+    try:
+        os.sched_setaffinity(ctx.server_pid, {cpu})
+        os.sched_setaffinity(0, {cpu})
+        status = f"client thread and new server backends pinned to CPU {cpu}"
+    except OSError as exc:
+        status = f"not controlled ({exc.strerror})"
+    try:
+        yield status
+    finally:
+        os.sched_setaffinity(0, client_cpus)
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(ctx.server_pid, server_cpus)
 
 
 @dataclass

@@ -26,7 +26,16 @@ from contextlib import ExitStack
 from typing import Any
 
 from benchmarks import contenders as cs
-from benchmarks.common import Context, Table, fmt, fmt_ratio, fmt_spread, no_gc, opened
+from benchmarks.common import (
+    Context,
+    Table,
+    fmt,
+    fmt_ratio,
+    fmt_spread,
+    no_gc,
+    opened,
+    same_cpu,
+)
 from benchmarks.stats import Summary, summarize
 
 NAME = "cycle"
@@ -37,16 +46,21 @@ VARIANT_TITLES = {"noop": "no query", "select1": "SELECT 1"}
 FLOORS = {"psycopg 3": "raw-psycopg3", "psycopg2": "raw-psycopg2"}
 
 
-def _sizes(quick: bool) -> dict[str, tuple[int, int]]:
-    """(repetitions, cycles per repetition) for each variant.
+def _sizes(quick: bool) -> dict[str, tuple[int, int, int]]:
+    """(rounds, repetitions per round, cycles per repetition) for each variant.
 
     Many short repetitions rather than a few long ones: with the contenders taking turns,
     each repetition compares them under the same conditions of the machine, and the
     median of many such comparisons shrugs off a burst of load elsewhere.
+
+    With a query, every round opens fresh pools: on a small machine the round trip of one
+    connection can be several times slower than another's for seconds at a time (its
+    server process is scheduled next to the client, say). New connections each round
+    redraw that lottery, so it cannot favour one contender for the whole run.
     """
     if quick:
-        return {"noop": (10, 500), "select1": (20, 20)}
-    return {"noop": (60, 2000), "select1": (300, 40)}
+        return {"noop": (1, 10, 500), "select1": (3, 5, 20)}
+    return {"noop": (1, 60, 2000), "select1": (30, 10, 40)}
 
 
 def _contenders(variant: str) -> list[cs.Contender]:
@@ -57,7 +71,7 @@ def _contenders(variant: str) -> list[cs.Contender]:
 
 
 def steps(quick: bool) -> int:
-    return len(VARIANTS)
+    return sum(rounds for rounds, _, _ in _sizes(quick).values())
 
 
 def _time_cycles(handle: cs.Handle, n: int, sql: str | None) -> float:
@@ -76,13 +90,22 @@ def _time_cycles(handle: cs.Handle, n: int, sql: str | None) -> float:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    sizes = _sizes(ctx.quick)
+    with same_cpu(ctx) as placement:
+        variants = {variant: _run_variant(ctx, variant, sql) for variant, sql in VARIANTS.items()}
+    return {
+        "title": TITLE,
+        "settings": {"minconn": MINCONN, "maxconn": MAXCONN, "placement": placement},
+        "labels": {c.key: c.label for c in cs.CONTENDERS},
+        "variants": variants,
+    }
+
+
+def _run_variant(ctx: Context, variant: str, sql: str | None) -> dict[str, Any]:
     cfg = cs.PoolConfig(ctx.dsn, MINCONN, MAXCONN, retry=False)
-    variants: dict[str, Any] = {}
-    for variant, sql in VARIANTS.items():
-        chosen = _contenders(variant)
-        reps, n = sizes[variant]
-        samples: dict[str, list[float]] = {c.key: [] for c in chosen}
+    chosen = _contenders(variant)
+    rounds, reps, n = _sizes(ctx.quick)[variant]
+    samples: dict[str, list[float]] = {c.key: [] for c in chosen}
+    for _round in range(rounds):
         with ExitStack() as stack:
             handles = {c.key: stack.enter_context(opened(c, cfg)) for c in chosen}
             with no_gc():
@@ -94,14 +117,9 @@ def run(ctx: Context) -> dict[str, Any]:
                     for key, handle in order[shift:] + order[:shift]:
                         samples[key].append(_time_cycles(handle, n, sql))
         ctx.advance(f"cycle / {VARIANT_TITLES[variant]}")
-        variants[variant] = _analyse(chosen, samples, variant)
-        variants[variant].update(cycles=n, repetitions=reps)
-    return {
-        "title": TITLE,
-        "settings": {"minconn": MINCONN, "maxconn": MAXCONN},
-        "labels": {c.key: c.label for c in cs.CONTENDERS},
-        "variants": variants,
-    }
+    result = _analyse(chosen, samples, variant)
+    result.update(cycles=n, repetitions=rounds * reps, rounds=rounds)
+    return result
 
 
 def _paired(mine: list[float], theirs: list[float]) -> Summary:
@@ -155,11 +173,14 @@ def tables(result: dict[str, Any]) -> list[Table]:
                 else:
                     cells.append("(floor)" if key in FLOORS.values() else "-")
             rows.append(cells)
+        rounds = data.get("rounds", 1)
+        fresh = f" (in {rounds} rounds of fresh pools)" if rounds > 1 else ""
         notes = [
-            f"median of {data['repetitions']} repetitions x {data['cycles']:,} cycles, "
+            f"median of {data['repetitions']} repetitions x {data['cycles']:,} cycles{fresh}, "
             "± half the interquartile range; lower is better",
             "ratios and overheads are medians of per-repetition comparisons (contenders take "
             "turns within each repetition)",
+            f"placement: {result['settings'].get('placement', '-')}",
         ]
         out.append(Table(title, cols, rows, notes))
     return out

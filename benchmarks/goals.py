@@ -69,11 +69,10 @@ def _cycle(res: dict[str, Any]) -> list[Goal]:
 
 def _contention(res: dict[str, Any]) -> list[Goal]:
     goals = []
-    for variant, data in res["variants"].items():
-        rows = data["rows"]
+    for variant, what in (("select1", "SELECT 1"), ("sleep2ms", "2 ms server work")):
+        rows = res["variants"].get(variant, {}).get("rows", {})
         if PGPOOL not in rows:
             continue
-        what = "SELECT 1" if variant == "select1" else "2 ms server work"
         fastest = max(rows, key=lambda k: _median(rows[k], "qps"))
         mine, best = _median(rows[PGPOOL], "qps"), _median(rows[fastest], "qps")
         label = res["labels"][fastest]

@@ -54,7 +54,14 @@ def headline(scenarios: dict[str, Any]) -> Table:
             lines.append(_line(f"cycle: {what}", rows, res["labels"], _med("us"), fmt, False))
     if "contention" in ok:
         res = ok["contention"]
-        for variant, what in (("select1", "SELECT 1"), ("sleep2ms", "2 ms work")):
+        variants = (
+            ("select1", "SELECT 1"),
+            ("sleep2ms", "2 ms work"),
+            ("select1_one_cpu", "1 CPU"),
+        )
+        for variant, what in variants:
+            if variant not in res["variants"]:
+                continue
             rows = res["variants"][variant]["rows"]
             lines.append(
                 _line(f"contention {what}: q/s", rows, res["labels"], _med("qps"), "{:,.0f}", True)

@@ -168,7 +168,11 @@ def _cycle(res: dict[str, Any]) -> list[tuple[str, Figure]]:
 def _contention(res: dict[str, Any]) -> list[tuple[str, Figure]]:
     labels = res["labels"]
     variants = res["variants"]
-    titles = {"select1": "SELECT 1", "sleep2ms": "2 ms server work"}
+    titles = {
+        "select1": "SELECT 1",
+        "sleep2ms": "2 ms server work",
+        "select1_one_cpu": "SELECT 1, one CPU",
+    }
     fig = plt.figure(figsize=(12, 4 * len(variants)), layout="constrained")
     grid = fig.subplots(len(variants), 2, squeeze=False)
     for (variant, data), (ax1, ax2) in zip(variants.items(), grid, strict=True):
@@ -191,26 +195,33 @@ def _contention(res: dict[str, Any]) -> list[tuple[str, Figure]]:
         )
     st = res["settings"]
     fig.suptitle(f"contention: {st['threads']} threads, {st['connections']} connections")
-    cdf = plt.figure(figsize=(12, 4.5), layout="constrained")
-    axes = cdf.subplots(1, len(variants), squeeze=False)[0]
-    for (variant, data), ax in zip(variants.items(), axes, strict=True):
+    # Top row: the CDF (where most checkouts are). Bottom row: the same data as the share
+    # of checkouts that waited at least x, on a log scale, where the tail (starvation) shows.
+    cdf = plt.figure(figsize=(5.5 * len(variants), 8), layout="constrained")
+    grid = cdf.subplots(2, len(variants), squeeze=False)
+    for col, (variant, data) in enumerate(variants.items()):
+        top, bottom = grid[0][col], grid[1][col]
         for key, row in data["rows"].items():
-            xs = [max(x, 1e-3) for x in row["wait_cdf_ms"]["x"]]  # log axis: no zeros
-            ax.step(
-                xs,
-                row["wait_cdf_ms"]["y"],
-                where="post",
-                label=labels.get(key, key),
-                color=_color(key),
-                linewidth=1.5,
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("checkout wait (ms, log)")
-        ax.set_ylabel("fraction of checkouts")
-        ax.set_title(titles[variant], fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    cdf.suptitle("contention: distribution of checkout waits (further left and steeper is better)")
+            points = row["wait_cdf_ms"]
+            xs = [max(x, 1e-3) for x in points["x"]]  # log axis: no zeros
+            n = points.get("n") or len(xs)
+            at_least = [1.0 - y + 1.0 / n for y in points["y"]]  # P(wait >= x)
+            style = {"label": labels.get(key, key), "color": _color(key), "linewidth": 1.5}
+            top.step(xs, points["y"], where="post", **style)
+            bottom.step(xs, at_least, where="post", **style)
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.set_xlabel("checkout wait (ms, log)")
+            ax.grid(alpha=0.3)
+        top.set_title(titles[variant], fontsize=10)
+        top.set_ylabel("fraction of checkouts (CDF)")
+        top.legend(fontsize=8, loc="lower right")
+        bottom.set_yscale("log")
+        bottom.set_ylabel("fraction waiting at least x (log)")
+    cdf.suptitle(
+        "contention: checkout waits. Top: most checkouts (left is better); "
+        "bottom: the tail (a line reaching far right = a thread starved)"
+    )
     return [("contention", fig), ("contention_wait_cdf", cdf)]
 
 

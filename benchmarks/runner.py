@@ -65,15 +65,18 @@ def select(names: Sequence[str]) -> list[ModuleType]:
 
 
 @contextmanager
-def server(dsn: str | None) -> Iterator[tuple[str, str]]:
-    """Yield (dsn, where): the given DSN, or an embedded server started for this run."""
+def server(dsn: str | None) -> Iterator[tuple[str, str, int | None]]:
+    """Yield (dsn, where, postmaster pid): the given DSN (pid unknown), or an embedded
+    server started for this run."""
     if dsn is not None:
-        yield dsn, "given with --dsn"
+        yield dsn, "given with --dsn", None
         return
     from pgpool.embedded import EmbeddedPostgres
 
     with EmbeddedPostgres(max_connections=200) as pg:
-        yield pg.dsn, "embedded, started for this run"
+        assert pg.directory is not None
+        pid_file = pg.directory / "data" / "postmaster.pid"
+        yield pg.dsn, "embedded, started for this run", int(pid_file.read_text().split()[0])
 
 
 def _server_info(dsn: str, where: str) -> dict[str, Any]:
@@ -146,7 +149,7 @@ def run(options: Options, console: Console | None = None) -> int:
     t0 = time.perf_counter()
     kind = "quick" if options.quick else "full"
     machine = _machine()  # the load average now, before the run adds its own
-    with server(options.dsn) as (dsn, where):
+    with server(options.dsn) as (dsn, where, server_pid):
         try:
             info = _server_info(dsn, where)
         except psycopg2.Error as exc:
@@ -162,7 +165,7 @@ def run(options: Options, console: Console | None = None) -> int:
                 f"[yellow]warning: the server allows only {info['max_connections']} "
                 f"connections; the spike scenario needs about {MIN_SERVER_CONNECTIONS}[/yellow]"
             )
-        scenarios = _run_scenarios(modules, dsn, options.quick, console)
+        scenarios = _run_scenarios(modules, dsn, server_pid, options.quick, console)
     results: dict[str, Any] = {
         "meta": {
             "started": started.isoformat(timespec="seconds"),
@@ -201,7 +204,11 @@ def run(options: Options, console: Console | None = None) -> int:
 
 
 def _run_scenarios(
-    modules: Sequence[ModuleType], dsn: str, quick: bool, console: Console
+    modules: Sequence[ModuleType],
+    dsn: str,
+    server_pid: int | None,
+    quick: bool,
+    console: Console,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     columns = (
@@ -220,7 +227,7 @@ def _run_scenarios(
         for module in modules:
             progress.update(task, description=f"{module.NAME}")
             done_before = progress.tasks[0].completed
-            ctx = Context(dsn=dsn, quick=quick, advance=advance)
+            ctx = Context(dsn=dsn, quick=quick, advance=advance, server_pid=server_pid)
             start = time.perf_counter()
             try:
                 result = module.run(ctx)

@@ -129,17 +129,18 @@ def ratio(value: float, reference: float) -> float | None:
     return value / reference
 
 
-def cdf_points(values: Iterable[float], max_points: int = 400) -> tuple[list[float], list[float]]:
-    """(x, y) of the empirical CDF of `values`, thinned to at most `max_points` points.
+def cdf_points(
+    values: Iterable[float], max_points: int = 400, tail: int = 100
+) -> tuple[list[float], list[float]]:
+    """(x, y) of the empirical CDF of `values`, thinned to at most `max_points` + `tail`.
 
-    The largest value is always kept, so the tail the plot exists for is never dropped.
+    The `tail` largest values are all kept, so the slow end the plot exists for (the
+    rare starving request) survives the thinning.
     """
     data = sorted(values)
     n = len(data)
     if n == 0:
         return [], []
     step = max(1, math.ceil(n / max_points))
-    idx = list(range(0, n, step))
-    if idx[-1] != n - 1:
-        idx.append(n - 1)
+    idx = sorted(set(range(0, n, step)) | set(range(max(0, n - tail), n)))
     return [float(data[i]) for i in idx], [(i + 1) / n for i in idx]

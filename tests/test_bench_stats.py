@@ -134,9 +134,10 @@ class TestCdf:
 
     def test_thinning_keeps_the_tail(self) -> None:
         data = list(range(10_000))
-        xs, ys = cdf_points(data, max_points=100)
-        assert len(xs) <= 101
-        assert xs[-1] == 9999 and ys[-1] == 1.0  # the maximum is never dropped
+        xs, ys = cdf_points(data, max_points=100, tail=20)
+        assert len(xs) <= 120
+        assert xs[-20:] == list(range(9980, 10_000))  # every one of the slowest is kept
+        assert xs[-1] == 9999 and ys[-1] == 1.0
         assert xs == sorted(xs) and ys == sorted(ys)
 
     def test_empty(self) -> None:
