@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import random
 import sys
@@ -110,7 +111,9 @@ class AbstractConnectionPool:
         self._state = PoolState(self._options)
         # Connections taken back after max_lease: returning one later is harmless, not misuse.
         self._reclaimed: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._next_maintenance = 0.0
+        # When a Simple pool next runs maintenance from its own calls (never, without interval).
+        no_maintenance = self._options.maintenance_interval is None
+        self._next_maintenance = math.inf if no_maintenance else 0.0
         # Copies of options read on every checkout, to keep the fast path short.
         self._check_after = self._options.health_check_after
         self._track_leases = self._options.max_lease is not None
@@ -660,7 +663,8 @@ class AbstractConnectionPool:
         self._state = PoolState(self._options)
         self._state.closed = old.closed
         self._reclaimed = weakref.WeakSet()
-        self._next_maintenance = 0.0
+        if self._options.maintenance_interval is not None:
+            self._next_maintenance = 0.0
 
 
 def _reinit_pools_after_fork() -> None:

@@ -48,9 +48,7 @@ class SimpleConnectionPool(AbstractConnectionPool):
     _default_timeout = 0.0
 
     def getconn(self, key: Hashable | None = None, timeout: float | None = None) -> Connection:
-        self._maybe_maintain()
+        # Maintenance is due at most once per maintenance_interval: one clock read decides.
+        if self._clock() >= self._next_maintenance:
+            self._maybe_maintain()
         return super().getconn(key, timeout)
-
-    def putconn(self, conn: Any = None, key: Hashable | None = None, close: bool = False) -> None:
-        super().putconn(conn, key, close)
-        self._maybe_maintain()
