@@ -52,3 +52,8 @@ class SimpleConnectionPool(AbstractConnectionPool):
         if self._clock() >= self._next_maintenance:
             self._maybe_maintain()
         return super().getconn(key, timeout)
+
+    def putconn(self, conn: Any = None, key: Hashable | None = None, close: bool = False) -> None:
+        super().putconn(conn, key, close)
+        if self._clock() >= self._next_maintenance:
+            self._maybe_maintain()
