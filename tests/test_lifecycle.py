@@ -766,3 +766,25 @@ def test_threaded_pool_without_interval_never_maintains_by_itself(
     pool.maintain()
     assert a.closed and not b.closed
     assert pool.stats().idle_reaped == 1
+
+
+def test_a_failing_maintenance_pass_is_logged_and_the_thread_goes_on(
+    pools: Pools, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = pools.threaded(0, 2, name="flaky", maintenance_interval=0.02)
+    calls: list[int] = []
+    real_maintain = pool.maintain
+
+    def maintain_failing_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("maintenance broke once")
+        real_maintain()
+
+    pool.maintain = maintain_failing_once  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="pgpool"):
+        wait_until(lambda: len(calls) >= 3, "maintenance passes after a failed one")
+    assert any("'flaky': maintenance pass failed" in r.getMessage() for r in caplog.records)
+    assert pool._maintenance is not None and pool._maintenance.alive
+    pool.closeall()
+    wait_until(lambda: not pool._maintenance.alive, "the thread ending after closeall")  # type: ignore[union-attr]
