@@ -6,4 +6,6 @@ echo "== ruff check";         ruff check .
 echo "== ruff format --check"; ruff format --check .
 echo "== mypy --strict pgpool"; mypy --strict pgpool
 echo "== pytest"
-pytest --cov=pgpool --cov-branch --cov-report=term "$@"
+# Branch coverage of pgpool/ is reported; the floor sits a little under the ~96 % measured, so
+# that a timing-dependent branch (a watchdog firing, a race lost) cannot fail CI by itself.
+pytest --cov=pgpool --cov-branch --cov-report=term --cov-fail-under=94 "$@"
