@@ -48,6 +48,7 @@ class MaintenanceThread:
 def _run(
     pool_ref: weakref.ref[AbstractConnectionPool], stop: threading.Event, interval: float
 ) -> None:
+    interval = min(interval, threading.TIMEOUT_MAX)  # inf or 1e300 would overflow wait()
     while not stop.wait(interval):
         pool = pool_ref()
         if pool is None or pool.closed:

@@ -395,7 +395,7 @@ class AbstractConnectionPool:
             slot = state.take_idle(key, now)
             if slot is not None:
                 return slot, False, now, deadline
-            if not state.reserve_connect(now):
+            if not state.reserve_connect(now, can_wait=now < deadline):
                 if now >= deadline:
                     state.timeouts += 1
                     raise self._timeout_error(0.0, deadline - now)

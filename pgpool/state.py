@@ -205,9 +205,18 @@ class PoolState:
         self.checkouts += 1
         return slot
 
-    def reserve_connect(self, now: float) -> bool:
-        """Reserve a slot for a connect if the pool may grow now and nobody queues ahead."""
-        if self.waiters or not self.can_connect(now):
+    def reserve_connect(self, now: float, *, can_wait: bool = True) -> bool:
+        """Reserve a slot for a connect if the pool may grow now and nobody queues ahead.
+
+        The connect budget and the back-off make callers that can wait take turns. A caller
+        that cannot wait (timeout=0, as with psycopg2.pool) only needs room in the pool: it
+        connects, and gets the driver's error if the server is still down.
+        """
+        if self.waiters:
+            return False
+        if can_wait and not self.can_connect(now):
+            return False
+        if not can_wait and self.size >= self.options.maxconn:
             return False
         self.connecting += 1
         return True

@@ -198,9 +198,9 @@ def test_wrong_password_errors_show_no_password(
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed") as e:
         pgpool.ThreadedConnectionPool(1, 2, *args, **kwargs)
     shown.append(_text_of(e.value))
-    # minconn 0: getconn fails with the driver's error, then (during the back-off) with a
-    # PoolTimeout that quotes the last connect error.
-    pool = pgpool.ThreadedConnectionPool(0, 1, *args, timeout=0, **kwargs)
+    # minconn 0: getconn fails with the driver's error, then (a caller that may wait, during
+    # the back-off) with a PoolTimeout that quotes the last connect error.
+    pool = pgpool.ThreadedConnectionPool(0, 1, *args, timeout=0.001, **kwargs)
     with pytest.raises(psycopg2.OperationalError, match="password authentication") as e:
         pool.getconn(timeout=5)
     shown.append(_text_of(e.value))
