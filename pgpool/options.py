@@ -27,7 +27,11 @@ ConnCallback = Callable[[Any], object]
 
 @dataclass(frozen=True, slots=True)
 class PoolOptions:
-    """The validated settings of one pool. See the README's option table for the why of each."""
+    """The validated settings of one pool. See the README's option table for the why of each.
+
+    The pool builds it from its keyword arguments; it is exported so the options can be
+    read and introspected (`dataclasses.fields(PoolOptions)`), not to be passed to a pool.
+    """
 
     minconn: int
     maxconn: int
