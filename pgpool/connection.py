@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import select
 from typing import Any
+from urllib.parse import unquote
 
 import psycopg2
 import psycopg2.extensions as ext
@@ -171,9 +173,6 @@ def _password_guesses(dsn: str) -> list[str]:
     libpq quotes the piece it choked on, which may be a fragment of the password (it split
     an unquoted space, or a '/' in a URI): mask every fragment, not only the whole.
     """
-    import re
-    from urllib.parse import unquote
-
     found = re.findall(r"password\s*=\s*(.*?)(?=\s+\w+\s*=|$)", dsn)  # key=value, to next key
     userinfo = re.match(r"^\w+://([^@]*)@", dsn)  # URI: between "scheme://" and the last "@"
     if userinfo and ":" in userinfo.group(1):

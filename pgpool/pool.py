@@ -622,12 +622,11 @@ class AbstractConnectionPool:
                 if not alive:
                     conn_ops.close_quietly(slot.conn)
 
-    def _maybe_maintain(self) -> None:
-        interval = self._options.maintenance_interval
-        now = self._clock()
-        if interval is not None and now >= self._next_maintenance:
-            self._next_maintenance = now + interval
-            self.maintain()
+    def _maintain_inline(self, now: float) -> None:
+        """A Simple pool's maintenance, run from its own calls once `_next_maintenance` is due
+        (which stays at infinity when maintenance_interval is None)."""
+        self._next_maintenance = now + (self._options.maintenance_interval or math.inf)
+        self.maintain()
 
     def _stop_maintenance(self) -> None:
         """Hook for pools with a background thread."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from traceback import StackSummary
 from typing import Any
 
-from .errors import PoolError
+from .errors import PoolError, TooManyWaiting
 from .options import PoolOptions
 
 # Back-off after failed connects: 10 ms, doubling, capped at 2 s, with jitter. The cap keeps
@@ -262,8 +262,6 @@ class PoolState:
     def enqueue(self, waiter: Waiter) -> None:
         max_waiting = self.options.max_waiting
         if max_waiting and len(self.waiters) >= max_waiting:
-            from .errors import TooManyWaiting
-
             raise TooManyWaiting(
                 f"pool {self.options.name!r}: {len(self.waiters)} callers already waiting "
                 f"(max_waiting={max_waiting})"

@@ -49,11 +49,13 @@ class SimpleConnectionPool(AbstractConnectionPool):
 
     def getconn(self, key: Hashable | None = None, timeout: float | None = None) -> Connection:
         # Maintenance is due at most once per maintenance_interval: one clock read decides.
-        if self._clock() >= self._next_maintenance:
-            self._maybe_maintain()
+        now = self._clock()
+        if now >= self._next_maintenance:
+            self._maintain_inline(now)
         return super().getconn(key, timeout)
 
     def putconn(self, conn: Any = None, key: Hashable | None = None, close: bool = False) -> None:
         super().putconn(conn, key, close)
-        if self._clock() >= self._next_maintenance:
-            self._maybe_maintain()
+        now = self._clock()
+        if now >= self._next_maintenance:
+            self._maintain_inline(now)
