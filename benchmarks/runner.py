@@ -71,7 +71,7 @@ def server(dsn: str | None) -> Iterator[tuple[str, str, int | None]]:
     if dsn is not None:
         yield dsn, "given with --dsn", None
         return
-    from pgpool.embedded import EmbeddedPostgres
+    from testbed.embedded import EmbeddedPostgres
 
     with EmbeddedPostgres(max_connections=200) as pg:
         assert pg.directory is not None
@@ -80,7 +80,7 @@ def server(dsn: str | None) -> Iterator[tuple[str, str, int | None]]:
 
 
 def _server_info(dsn: str, where: str) -> dict[str, Any]:
-    from pgpool.embedded import run_sql
+    from testbed.embedded import run_sql
 
     rows = run_sql(
         dsn, "SELECT current_setting('server_version'), current_setting('max_connections')::int"

@@ -96,7 +96,7 @@ def _spike(handle: cs.Handle, sampler: Sampler) -> tuple[float, list[float]]:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from benchmarks.proxy import TcpProxy
+    from testbed.proxy import TcpProxy
 
     target = tcp_target(ctx.dsn)
     result: dict[str, Any] = {

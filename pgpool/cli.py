@@ -1,13 +1,9 @@
-"""The ``pgpool`` command. One subcommand for now: ``pgpool bench``.
+"""The ``pgpool`` command: ``pgpool --version``, and ``pgpool bench`` from a clone.
 
-``pgpool bench`` compares pgpool with psycopg2.pool and the best Python pools on a
-PostgreSQL server (an embedded one started for the run, or ``--dsn``), prints a table per
-scenario and writes ``results.json``, ``report.md`` and plots into ``--out``.
-
-The benchmark lives in the separate ``benchmarks`` package and needs the ``bench`` extra
-(``pip install 'pgpool[bench]'``: matplotlib, rich, psycopg 3, SQLAlchemy, DBUtils,
-pgserver). It is imported only when ``bench`` runs, so the pool itself needs nothing but
-psycopg2.
+The benchmark is a tool of the repository (``benchmarks/`` beside ``pgpool/``), not part
+of what ``pip install`` ships: the installed package is the pool alone and needs nothing
+but psycopg2. ``pgpool bench`` runs it when pgpool is installed from a clone in editable
+mode (as ``bash scripts/bench.sh`` does); anywhere else it says how to get it.
 """
 
 from __future__ import annotations
@@ -18,76 +14,54 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-SCENARIOS = "cycle, contention, churn, spike, scale, unpooled"
+from . import __version__
+
+# Where the repository keeps the benchmark, when this package was installed from a clone.
+REPOSITORY = Path(__file__).resolve().parent.parent
+HOW_TO_BENCH = (
+    "pgpool bench is a tool of the repository, not of the installed package: from a clone "
+    "of pgpool, run `bash scripts/bench.sh` (it makes .venv and installs the bench extra)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgpool", description="pgpool command line tools.")
+    parser.add_argument("--version", action="version", version=f"pgpool {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    bench = commands.add_parser(
+    commands.add_parser(
         "bench",
-        help="benchmark pgpool against psycopg2.pool and other pools",
-        description=(
-            "Benchmark pgpool against psycopg2.pool, psycopg_pool, SQLAlchemy and DBUtils. "
-            "Starts a throwaway PostgreSQL unless --dsn is given; writes results.json, "
-            "report.md and plots (PNG, SVG) into --out."
-        ),
-    )
-    bench.add_argument(
-        "--dsn",
-        help="PostgreSQL to run against (libpq key=value or URI); default: start an "
-        "embedded server for the run. Only host, port and dbname are ever printed.",
-    )
-    bench.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench-results"),
-        help="output folder (default: %(default)s)",
-    )
-    bench.add_argument(
-        "--quick",
-        action="store_true",
-        help="small sizes for CI: every scenario, under a minute in total",
-    )
-    bench.add_argument(
-        "--scenario",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help=f"run only this scenario (repeatable); one of: {SCENARIOS}",
+        help="benchmark pgpool against psycopg2.pool and other pools (from a clone)",
+        add_help=False,  # --help goes to the benchmark's own parser
     )
     return parser
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench(argv: list[str]) -> int:
+    if not (REPOSITORY / "benchmarks" / "runner.py").is_file():
+        print(HOW_TO_BENCH, file=sys.stderr)
+        return 2
+    # The clone's own benchmarks first: a `benchmarks` package elsewhere must not win.
+    sys.path.insert(0, str(REPOSITORY))
     try:
-        # Imported here, not at the top: the runtime package must not need the bench extra.
-        runner = importlib.import_module("benchmarks.runner")
+        entry = importlib.import_module("benchmarks.__main__")
     except ImportError as exc:
         print(
             f"pgpool bench needs the benchmark dependencies ({exc.name or exc}): "
-            "pip install 'pgpool[bench]'",
+            f"pip install -e '{REPOSITORY}[bench]'",
             file=sys.stderr,
         )
         return 2
-    try:
-        options = runner.Options(
-            dsn=args.dsn, out=args.out, quick=args.quick, scenarios=tuple(args.scenario)
-        )
-        runner.select(options.scenarios)  # reject an unknown name before starting anything
-    except ValueError as exc:
-        print(f"pgpool bench: {exc}", file=sys.stderr)
-        return 2
-    code: int = runner.run(options)
+    code: int = entry.main(argv)
     return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pgpool`` command with `argv` (default: the process arguments)."""
-    args = _parser().parse_args(argv)
-    if args.command == "bench":
-        return _bench(args)
-    return 2  # pragma: no cover - argparse rejects unknown commands first
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["bench"]:
+        return _bench(args[1:])
+    _parser().parse_args(args)  # --version, --help, or an error naming the bad command
+    return 2  # pragma: no cover - argparse exits first
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,16 +1,23 @@
-# Sourced by scripts/test.sh and scripts/bench.sh: make .venv and install pgpool with its extras.
-# Only Python 3.11+ is needed on the machine; the PostgreSQL server comes from the pgserver wheel.
+# Sourced by scripts/test.sh and scripts/bench.sh: make .venv and install pgpool (editable)
+# with the extras the calling script needs, given as PGPOOL_EXTRAS (e.g. "bench" or
+# "test,bench"). Only Python 3.11+ is needed on the machine; the PostgreSQL server comes
+# from the pgserver wheel.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
+extras=${PGPOOL_EXTRAS:?set PGPOOL_EXTRAS before sourcing _venv.sh}
 if [ ! -x .venv/bin/python ]; then
+    echo "== making .venv with $("$PYTHON" --version)"
     "$PYTHON" -m venv .venv
 fi
-# Reinstall only when pyproject.toml changed since the last install.
-stamp=.venv/.pgpool-installed
+# Install again only when pyproject.toml changed since the last install of these extras.
+stamp=".venv/.pgpool-installed-${extras//,/-}"
 if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
+    echo "== installing pgpool with [$extras] into .venv (first run only; about a minute)"
+    start=$SECONDS
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[test,bench]'
+    .venv/bin/python -m pip install --quiet -e ".[$extras]"
     cp pyproject.toml "$stamp"
+    echo "== installed in $((SECONDS - start)) s"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
-# The main job: pgpool bench on an embedded PostgreSQL. Usage: bash scripts/bench.sh [pgpool bench args...]
+# The main job: pgpool bench on an embedded PostgreSQL. Usage: bash scripts/bench.sh [args...]
+# (--help lists them). Installs only what the benchmark needs (the bench extra).
+PGPOOL_EXTRAS=bench
 source "$(dirname "$0")/_venv.sh"
-exec pgpool bench "$@"
+exec python -m benchmarks "$@"

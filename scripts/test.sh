@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite with its quality gates. Usage: bash scripts/test.sh [pytest args...]
 # Starts its own throwaway PostgreSQL unless PGPOOL_TEST_DSN points at a server.
+PGPOOL_EXTRAS=test,bench
 source "$(dirname "$0")/_venv.sh"
 echo "== ruff check";         ruff check .
 echo "== ruff format --check"; ruff format --check .

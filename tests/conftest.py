@@ -1,6 +1,6 @@
 """Shared test fixtures: a real PostgreSQL server, a restartable one, and fault tools.
 
-By default the session starts its own throwaway server (`pgpool.embedded.EmbeddedPostgres`,
+By default the session starts its own throwaway server (`testbed.embedded.EmbeddedPostgres`,
 about half a second). Set ``PGPOOL_TEST_DSN`` to run against an existing server instead;
 tests that must restart or stop the server are then skipped, since we do not own it.
 
@@ -22,10 +22,10 @@ import pytest
 from hypothesis import settings
 from psycopg2.extensions import parse_dsn
 
-from pgpool.embedded import EmbeddedPostgres, run_sql
+from testbed.embedded import EmbeddedPostgres, run_sql
 
 if TYPE_CHECKING:
-    from benchmarks.proxy import TcpProxy
+    from testbed.proxy import TcpProxy
 
 EXTERNAL_DSN = os.environ.get("PGPOOL_TEST_DSN")
 NO_CONTROL = "PGPOOL_TEST_DSN points at an external server, which these tests cannot restart"
@@ -126,7 +126,7 @@ def terminate_backends() -> Callable[[str, str], int]:
 @pytest.fixture
 def tcp_proxy(pg_server: PgServer) -> Iterator[TcpProxy]:
     """A `TcpProxy` in front of the session server; use ``tcp_proxy.dsn_for(dsn)``."""
-    from benchmarks.proxy import TcpProxy  # lazily: a broken benchmark breaks no pool test
+    from testbed.proxy import TcpProxy  # lazily: a broken benchmark breaks no pool test
 
     params = parse_dsn(pg_server.dsn)
     host = params.get("hostaddr") or params.get("host") or ""

@@ -22,7 +22,7 @@ import psycopg2
 import psycopg2.extensions as ext
 from psycopg2.extensions import make_dsn
 
-from pgpool.embedded import EmbeddedPostgres, run_sql
+from testbed.embedded import EmbeddedPostgres, run_sql
 
 _names = itertools.count(1)
 

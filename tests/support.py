@@ -17,7 +17,7 @@ import psycopg2.extensions
 import psycopg2.pool
 
 import pgpool
-from pgpool.embedded import run_sql
+from testbed.embedded import run_sql
 
 T = TypeVar("T")
 

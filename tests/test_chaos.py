@@ -38,8 +38,8 @@ from faultsupport import (
 )
 
 import pgpool
-from benchmarks.proxy import TcpProxy
-from pgpool.embedded import EmbeddedPostgres, run_sql
+from testbed.embedded import EmbeddedPostgres, run_sql
+from testbed.proxy import TcpProxy
 
 MAXCONN = 5
 MINCONN = 2

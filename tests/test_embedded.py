@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-import pgpool.embedded as embedded
-from pgpool.embedded import EmbeddedPostgres
+import testbed.embedded as embedded
+from testbed.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -155,7 +155,7 @@ def test_root_runs_server_as_service_user(restartable_server: EmbeddedPostgres) 
 def test_exit_without_close_stops_server(tmp_path: Path) -> None:
     """The atexit hook: a test process that never calls close() leaves nothing behind."""
     script = (
-        "from pgpool.embedded import EmbeddedPostgres\n"
+        "from testbed.embedded import EmbeddedPostgres\n"
         "pg = EmbeddedPostgres().start()\n"
         "print(pg.directory, pg.port, flush=True)\n"
         "raise SystemExit('crash')\n"

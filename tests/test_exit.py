@@ -19,7 +19,7 @@ import pytest
 from faultsupport import kill_backends, maintenance_threads, pool_dsn, unique_app, wait_for
 
 import pgpool
-from benchmarks.proxy import TcpProxy
+from testbed.proxy import TcpProxy
 
 REPO = Path(__file__).resolve().parent.parent
 EXIT_TIMEOUT = 30.0  # generous: these programs need well under a second

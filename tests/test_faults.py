@@ -35,9 +35,9 @@ from faultsupport import (
 )
 
 import pgpool
-from benchmarks.proxy import TcpProxy
-from pgpool.embedded import EmbeddedPostgres, run_sql
 from pgpool.state import BACKOFF_BASE, BACKOFF_CAP
+from testbed.embedded import EmbeddedPostgres, run_sql
+from testbed.proxy import TcpProxy
 
 MAX_CONNECTING = 2  # connects in flight at once (given explicitly where it matters)
 SLACK = 5.0  # seconds added to every "ends within" bound: a loaded machine is slow, not wrong

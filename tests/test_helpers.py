@@ -29,8 +29,8 @@ from support import (
 )
 
 import pgpool.helpers
-from pgpool.embedded import run_sql
 from pgpool.helpers import DBHelper
+from testbed.embedded import run_sql
 
 
 def _row(cursor: Any) -> Any:

@@ -33,7 +33,7 @@ from support import (
 )
 
 import pgpool
-from pgpool.embedded import run_sql
+from testbed.embedded import run_sql
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import psycopg2
 import pytest
 
-from benchmarks.proxy import TcpProxy
+from testbed.proxy import TcpProxy
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -43,7 +43,7 @@ from hypothesis.stateful import (
 from psycopg2.extensions import make_dsn
 
 import pgpool
-from pgpool.embedded import EmbeddedPostgres, run_sql
+from testbed.embedded import EmbeddedPostgres, run_sql
 
 SECRET = "Pw-9f3K!x7-secret"
 WRONG = "Pw-wrong-2b8Q-guess"

@@ -29,6 +29,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ _opened_up: set[Path] = set()  # installations already made usable by SERVICE_US
 # The C locale works with any encoding and sorts the same on every host.
 _INITDB_ARGS = ("--auth=trust", "-U", "postgres", "--encoding=UTF8", "--locale=C", "--no-sync")
 _SETTINGS = """
-# Added by pgpool.embedded. Crash safety against power loss is pointless for a throwaway
+# Added by testbed.embedded. Crash safety against power loss is pointless for a throwaway
 # cluster: no fsync makes writes, checkpoints and shutdown cheap. synchronous_commit stays
 # on: with fsync off it costs one write(2) per commit, and it keeps every acknowledged
 # commit across `restart("immediate")` (a simulated crash). shared_buffers is small:
@@ -104,10 +105,16 @@ def run_sql(
         conn.close()
 
 
-def _add_mode(path: Path, bits: int) -> None:
+def _add_mode(path: Path, bits: int, changed: list[Path]) -> None:
     mode = path.stat().st_mode
     if mode & bits != bits:  # only touch what lacks the bits: system installs stay untouched
         path.chmod(mode | bits)
+        changed.append(path)
+
+
+def _announce(message: str) -> None:
+    """Say what the embedded server changes on this machine outside its temp dir."""
+    print(f"testbed.embedded: {message}", file=sys.stderr, flush=True)
 
 
 def _open_up(bindir: Path) -> None:
@@ -116,18 +123,24 @@ def _open_up(bindir: Path) -> None:
     if prefix in _opened_up:
         return
     trees = [prefix]
+    changed: list[Path] = []
     libs = prefix.parent.parent / "pgserver.libs"  # auditwheel's vendored libpq for initdb
     if libs.is_dir():
         trees.append(libs)
     for tree in trees:
         for parent in tree.parents:  # traversal (x) is all a parent needs: no listing
-            _add_mode(parent, stat.S_IXGRP | stat.S_IXOTH)
+            _add_mode(parent, stat.S_IXGRP | stat.S_IXOTH, changed)
         for root, _dirs, files in os.walk(tree):
-            _add_mode(Path(root), _RX)
+            _add_mode(Path(root), _RX, changed)
             for name in files:
                 file = Path(root) / name
                 owner_x = file.stat().st_mode & stat.S_IXUSR
-                _add_mode(file, stat.S_IRGRP | stat.S_IROTH | (_RX if owner_x else 0))
+                _add_mode(file, stat.S_IRGRP | stat.S_IROTH | (_RX if owner_x else 0), changed)
+    if changed:
+        _announce(
+            f"made {len(changed)} files and directories of {prefix} readable by {SERVICE_USER!r} "
+            "(group/other read and traverse bits), so that it can run the server"
+        )
     _opened_up.add(prefix)
 
 
@@ -135,6 +148,10 @@ def _service_user() -> pwd.struct_passwd:
     """Return SERVICE_USER's passwd entry, creating the system user if it is missing."""
     with contextlib.suppress(KeyError):
         return pwd.getpwnam(SERVICE_USER)
+    _announce(
+        f"running as root, and PostgreSQL refuses to: creating the system user {SERVICE_USER!r} "
+        "to run the embedded server (no home, no login shell)"
+    )
     cmd = ["useradd", "--system", "--no-create-home", "--user-group"]
     cmd += ["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", SERVICE_USER]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -285,8 +302,11 @@ class EmbeddedPostgres:
         if self._as_root:
             user = _service_user()
             _open_up(self._bindir)
+            opened: list[Path] = []
             for parent in directory.parents:  # the service user must reach its own dir
-                _add_mode(parent, stat.S_IXOTH)
+                _add_mode(parent, stat.S_IXOTH, opened)
+            if opened:
+                _announce(f"made {', '.join(map(str, opened))} traversable by other users")
             os.chown(directory, user.pw_uid, user.pw_gid)
         data = directory / "data"
         self._run("initdb", "-D", str(data), *_INITDB_ARGS)
