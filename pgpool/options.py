@@ -78,22 +78,42 @@ class PoolOptions:
 def _check_int(option: str, value: object, *, minimum: int) -> None:
     # bool is an int subclass, but `maxconn=True` is a mistake, not a size.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{option} must be an int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{option} must be an int, got {type(value).__name__} {_show(value)}")
     if value < minimum:
-        raise ValueError(f"{option} must be >= {minimum}, got {value}")
+        raise ValueError(f"{option} must be >= {minimum}, got {_show(value)}")
 
 
-def _check_seconds(option: str, value: object, *, positive: bool = False) -> None:
+def _check_seconds(option: str, value: object, *, positive: bool = False) -> float:
+    """Check a duration and return it as a float (`math.inf` is allowed: no limit)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(
-            f"{option} must be a number of seconds, got {type(value).__name__} {value!r}"
+            f"{option} must be a number of seconds, got {type(value).__name__} {_show(value)}"
         )
-    if math.isnan(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{option} must be {bound} seconds, got {value!r}")
+    bound = "> 0" if positive else ">= 0"
+    try:
+        seconds = float(value)
+    except OverflowError:
+        # An int beyond float's range (10**400): refused like any value out of range, not
+        # with a bare OverflowError from deep inside the pool. math.inf means "no limit".
+        seconds = math.nan
+    if math.isnan(seconds) or seconds < 0 or (positive and seconds == 0):
+        raise ValueError(
+            f"{option} must be {bound} seconds (math.inf for no limit), got {_show(value)}"
+        )
+    return seconds
+
+
+def _show(value: object) -> str:
+    """`repr(value)` for an error message, kept short: a caller may pass anything at all."""
+    try:
+        text = repr(value)
+    except Exception:  # an int too long to print (sys.get_int_max_str_digits), a broken repr
+        if isinstance(value, int):
+            return f"an int of {value.bit_length()} bits"
+        return f"a {type(value).__name__} whose repr() failed"
+    return text if len(text) <= 80 else f"{text[:60]}...({len(text)} characters)"
 
 
 def check_timeout(timeout: object) -> float:
     """Validate a per-call `timeout` argument of getconn/connection()."""
-    _check_seconds("timeout", timeout)
-    return float(timeout)  # type: ignore[arg-type]
+    return _check_seconds("timeout", timeout)

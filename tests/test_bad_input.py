@@ -3,11 +3,15 @@
 Whatever a caller passes, the pool either accepts it or refuses it with TypeError,
 ValueError or a PoolError whose message names what was wrong; and its bookkeeping is intact
 afterwards. Pure pool logic, so the connections are `FakeConnection`s (tests/fakes.py).
+
+Durations of any size (10**400) are refused like any other value out of range, never with a
+bare OverflowError.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -26,7 +30,19 @@ anything = st.one_of(
     st.text(max_size=5),
     st.lists(st.integers(), max_size=2),
     st.just(object()),
+    # Beyond float's range. (10**5000, beyond what repr() prints, is in explicit tests below:
+    # Hypothesis cannot print it either.)
+    st.sampled_from([10**400, -(10**400)]),
 )
+
+SECONDS_OPTIONS = [
+    "timeout",
+    "max_idle",
+    "max_lifetime",
+    "max_lease",
+    "health_check_after",
+    "maintenance_interval",
+]
 
 OPTIONS = [
     "timeout",
@@ -85,6 +101,50 @@ def test_sizes_are_accepted_or_refused_by_name(minconn: Any, maxconn: Any) -> No
         assert isinstance(minconn, int) and isinstance(maxconn, int)
         assert 0 <= minconn <= maxconn
         assert pool.stats().idle == minconn
+    finally:
+        pool.closeall()
+
+
+@pytest.mark.parametrize("huge", [10**400, 10**5000], ids=["10**400", "10**5000"])
+@pytest.mark.parametrize("option", SECONDS_OPTIONS)
+def test_a_duration_beyond_float_is_out_of_range_not_an_overflow(option: str, huge: int) -> None:
+    server = FakeServer()
+    bound = ">= 0" if option in ("timeout", "health_check_after") else "> 0"
+    with pytest.raises(ValueError, match=re.escape(f"{option} must be {bound} seconds")) as caught:
+        _new_pool(server, **{option: huge})
+    assert len(str(caught.value)) < 200
+    assert server.opened == 0
+
+
+@pytest.mark.parametrize("option", SECONDS_OPTIONS)
+def test_a_duration_of_inf_means_no_limit(option: str) -> None:
+    server = FakeServer()
+    pool = _new_pool(server, **{option: math.inf})
+    try:
+        _still_works(pool)
+    finally:
+        pool.closeall()
+
+
+@pytest.mark.parametrize(
+    "timeout",
+    [10**400, -(10**400), 10**5000, math.nan, -math.inf],
+    ids=["10**400", "-10**400", "10**5000", "nan", "-inf"],
+)
+def test_getconn_timeout_beyond_float_is_refused_and_loses_nothing(timeout: Any) -> None:
+    server = FakeServer()
+    pool = _new_pool(server)
+    try:
+        with pytest.raises(ValueError, match=r"^timeout must be >= 0 seconds"):
+            pool.getconn(timeout=timeout)
+        with (
+            pytest.raises(ValueError, match=r"^timeout must be >= 0 seconds"),
+            pool.connection(timeout=timeout),
+        ):
+            pass  # pragma: no cover - never entered
+        _still_works(pool)
+        conn = pool.getconn(timeout=math.inf)  # inf: wait as long as it takes
+        pool.putconn(conn)
     finally:
         pool.closeall()
 
