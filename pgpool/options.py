@@ -12,6 +12,7 @@ survives until the first request under load.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -50,8 +51,10 @@ class PoolOptions:
     connector: Connector = psycopg2.connect
 
     def __post_init__(self) -> None:
-        _check_int("minconn", self.minconn, minimum=0)
-        _check_int("maxconn", self.maxconn, minimum=1)
+        # The sizes alone are converted, as psycopg2.pool's int() does, so that values read
+        # from the environment keep working; the dataclass is frozen, hence object.__setattr__.
+        object.__setattr__(self, "minconn", _size("minconn", self.minconn, minimum=0))
+        object.__setattr__(self, "maxconn", _size("maxconn", self.maxconn, minimum=1))
         if self.minconn > self.maxconn:
             raise ValueError(
                 f"minconn ({self.minconn}) must not be greater than maxconn ({self.maxconn})"
@@ -75,10 +78,29 @@ class PoolOptions:
             raise TypeError(f"name must be a str, got {type(self.name).__name__}")
 
 
-def _check_int(option: str, value: object, *, minimum: int) -> None:
+def _size(option: str, value: object, *, minimum: int) -> int:
+    """`minconn`/`maxconn` as an int, accepting what psycopg2.pool's `int()` accepts unambiguously.
+
+    psycopg2.pool applies `int()`, so `"4"` (read from the environment) and `4.0` work there;
+    they work here too. What `int()` would silently truncate or guess at is refused: `2.7`
+    (is that 2 or 3?), `True` (a flag passed in the wrong place), `None`, `"two"`, `"2.0"`.
+    """
+    if isinstance(value, str):
+        # int() of a str takes an optionally signed decimal integer, spaces around it allowed;
+        # anything else stays a str and is refused below with the usual message.
+        with contextlib.suppress(ValueError):
+            value = int(value)
+    elif isinstance(value, float) and value.is_integer():  # False for inf and nan
+        value = int(value)
+    _check_int(option, value, minimum=minimum, lenient=True)
+    return value  # type: ignore[return-value]  # _check_int proved it is an int
+
+
+def _check_int(option: str, value: object, *, minimum: int, lenient: bool = False) -> None:
     # bool is an int subclass, but `maxconn=True` is a mistake, not a size.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{option} must be an int, got {type(value).__name__} {_show(value)}")
+        also = " (or a str or float holding one)" if lenient else ""
+        raise TypeError(f"{option} must be an int{also}, got {type(value).__name__} {_show(value)}")
     if value < minimum:
         raise ValueError(f"{option} must be >= {minimum}, got {_show(value)}")
 

@@ -2,22 +2,27 @@
 
 Whatever a caller passes, the pool either accepts it or refuses it with TypeError,
 ValueError or a PoolError whose message names what was wrong; and its bookkeeping is intact
-afterwards. Pure pool logic, so the connections are `FakeConnection`s (tests/fakes.py).
+afterwards. Pure pool logic, so the connections are `FakeConnection`s (tests/fakes.py),
+except where psycopg2.pool is the reference: those few cases use the real server.
 
-Durations of any size (10**400) are refused like any other value out of range, never with a
-bare OverflowError.
+Sizes are lenient where psycopg2.pool's `int()` is unambiguous ("4", " 4 ", 4.0); durations
+of any size (10**400) are refused like any other value out of range, never with a bare
+OverflowError.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import threading
 from typing import Any
 
+import psycopg2.pool
 import pytest
 from fakes import FakeServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import backend_count, unique_app_name
 
 import pgpool
 
@@ -78,31 +83,126 @@ def _still_works(pool: pgpool.AbstractConnectionPool) -> None:
     assert (s.in_use, s.connecting, s.waiting) == (0, 0, 0)
 
 
+def expected_size(value: Any) -> int | None:
+    """What a size means, or None where it must be refused: psycopg2.pool's `int(value)`,
+    where that is unambiguous. A str counts when int() takes it; a float when it is whole."""
+    if isinstance(value, bool):
+        return None  # True is an int to Python, but as a size it is a mistake
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value == int(value) else None
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _spelled(n: int) -> st.SearchStrategy[Any]:
+    """`n` as psycopg2.pool accepts it: int, float, and str with a sign and spaces around."""
+    space = st.sampled_from(["", " ", "  ", "\t", "\n"])
+    sign = st.sampled_from(["", "+"] if n >= 0 else [""])
+    text = st.builds(lambda a, s, b: f"{a}{s}{n}{b}", space, sign, space)
+    return st.one_of(st.just(n), st.just(float(n)), text)
+
+
+small_size = st.integers(min_value=-3, max_value=8).flatmap(_spelled)
 # minconn connections are opened by the constructor: keep it small when it is a valid size.
 small_or_wrong = st.one_of(
-    st.integers(min_value=-3, max_value=8),
-    anything.filter(lambda v: not isinstance(v, int) or isinstance(v, bool) or v < 0),
+    small_size,
+    anything.filter(lambda v: (expected_size(v) or 0) <= 8),
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(minconn=small_or_wrong, maxconn=anything)
+@given(minconn=small_or_wrong, maxconn=st.one_of(small_size, anything))
 def test_sizes_are_accepted_or_refused_by_name(minconn: Any, maxconn: Any) -> None:
     server = FakeServer()
+    threads = threading.active_count()
+    low, high = expected_size(minconn), expected_size(maxconn)
     try:
         pool = pgpool.ThreadedConnectionPool(
             minconn, maxconn, connector=server.connect, maintenance_interval=None
         )
     except (TypeError, ValueError) as error:
         assert "minconn" in str(error) or "maxconn" in str(error)
-        assert server.opened == 0  # refused before connecting anything
+        assert len(str(error)) < 300  # a 5000-digit int is not printed in full
+        assert low is None or high is None or not 0 <= low <= high or high < 1
+        # Refused before anything was made: no connection, no thread.
+        assert server.opened == 0
+        assert threading.active_count() == threads
         return
     try:
-        assert isinstance(minconn, int) and isinstance(maxconn, int)
-        assert 0 <= minconn <= maxconn
-        assert pool.stats().idle == minconn
+        assert low is not None and high is not None and 0 <= low <= high
+        assert (pool.minconn, pool.maxconn) == (low, high)
+        assert type(pool.minconn) is int and type(pool.maxconn) is int
+        assert pool.stats().idle == low
     finally:
         pool.closeall()
+
+
+@pytest.mark.parametrize(
+    ("minconn", "maxconn", "sizes"),
+    [
+        ("1", "3", (1, 3)),
+        (" 2 ", "\t4\n", (2, 4)),
+        ("+1", 2.0, (1, 2)),
+        (0.0, "1", (0, 1)),
+    ],
+    ids=repr,
+)
+def test_sizes_from_the_environment_work_as_in_psycopg2(
+    dsn: str, minconn: Any, maxconn: Any, sizes: tuple[int, int]
+) -> None:
+    """`Pool(os.environ["DB_MIN"], ...)` works in psycopg2.pool, so it works here, with the
+    same sizes; and the pool opens `minconn` real connections."""
+    app = unique_app_name("sizes")
+    reference = psycopg2.pool.ThreadedConnectionPool(minconn, maxconn, dsn)
+    try:
+        assert (reference.minconn, reference.maxconn) == sizes
+    finally:
+        reference.closeall()
+    pool = pgpool.ThreadedConnectionPool(
+        minconn, maxconn, dsn, application_name=app, maintenance_interval=None
+    )
+    try:
+        assert (pool.minconn, pool.maxconn) == sizes
+        assert backend_count(dsn, app) == sizes[0]
+        conns = [pool.getconn(timeout=0) for _ in range(sizes[1])]
+        with pytest.raises(pgpool.PoolTimeout):
+            pool.getconn(timeout=0)
+        for conn in conns:
+            pool.putconn(conn)
+    finally:
+        pool.closeall()
+
+
+@pytest.mark.parametrize(
+    ("minconn", "maxconn", "named"),
+    [
+        (2.7, 3, "minconn"),  # int() would make it 2: is that what was meant?
+        (1, "two", "maxconn"),
+        (1, "2.0", "maxconn"),  # int("2.0") fails in psycopg2.pool too
+        (True, 3, "minconn"),
+        (1, None, "maxconn"),
+        (1, math.inf, "maxconn"),
+        (math.nan, 2, "minconn"),
+        ("", 2, "minconn"),
+        (1, [2], "maxconn"),
+    ],
+    ids=repr,
+)
+def test_ambiguous_sizes_are_refused_and_leave_nothing_behind(
+    dsn: str, minconn: Any, maxconn: Any, named: str
+) -> None:
+    app = unique_app_name("sizes")
+    threads = threading.active_count()
+    with pytest.raises(TypeError, match=f"^{named} must be an int .*, got "):
+        pgpool.ThreadedConnectionPool(minconn, maxconn, dsn, application_name=app)
+    assert backend_count(dsn, app) == 0
+    assert threading.active_count() == threads
 
 
 @pytest.mark.parametrize("huge", [10**400, 10**5000], ids=["10**400", "10**5000"])

@@ -34,9 +34,9 @@ BAD_OPTIONS: list[tuple[Any, Any, dict[str, Any], type[Exception], str]] = [
     (-1, 2, {}, ValueError, "minconn must be >= 0"),
     (0, 0, {}, ValueError, "maxconn must be >= 1"),
     (0, -3, {}, ValueError, "maxconn"),
-    ("1", 2, {}, TypeError, "minconn must be an int"),
-    (0, "2", {}, TypeError, "maxconn must be an int"),
-    (0, 2.0, {}, TypeError, "maxconn must be an int"),
+    ("1.5", 2, {}, TypeError, "minconn must be an int"),  # "1", " 1 " and 1.0 are accepted
+    (0, "two", {}, TypeError, "maxconn must be an int"),
+    (0, 2.5, {}, TypeError, "maxconn must be an int"),
     (True, 2, {}, TypeError, "minconn must be an int"),
     (0, True, {}, TypeError, "maxconn must be an int"),
     (None, 2, {}, TypeError, "minconn"),
