@@ -3,6 +3,7 @@
 # Starts its own throwaway PostgreSQL unless PGPOOL_TEST_DSN points at a server.
 PGPOOL_EXTRAS=test,bench,docs
 source "$(dirname "$0")/_venv.sh"
+source scripts/pgbouncer.sh  # the PgBouncer tests need it: apt-get install when root
 echo "== ruff check";         ruff check .
 echo "== ruff format --check"; ruff format --check .
 echo "== mypy --strict pgpool"; mypy --strict pgpool
