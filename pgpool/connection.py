@@ -185,15 +185,53 @@ def _password_guesses(dsn: str) -> list[str]:
     return guesses
 
 
+def connect(connector: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Open a connection with `connector(*args, **kwargs)`; raise its error password-free.
+
+    An error whose chain mentions a password is replaced by a scrubbed copy, raised outside
+    the ``except`` block so that the original is not attached to it as ``__context__``:
+    error trackers and structured loggers walk the whole chain and would send it on.
+    """
+    try:
+        return connector(*args, **kwargs)
+    except Exception as error:
+        scrubbed = scrub(error, passwords_in(args, kwargs))
+        if scrubbed is error:
+            raise
+    raise scrubbed
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and every exception linked to it by __cause__ or __context__."""
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is e for e in seen):
+            continue
+        seen.append(current)
+        pending += [current.__cause__, current.__context__]
+    return seen
+
+
+def _mentions(error: BaseException, passwords: list[str]) -> bool:
+    for linked in _chain(error):
+        text = " ".join([str(linked), *map(repr, linked.args), *getattr(linked, "__notes__", [])])
+        if any(p in text for p in passwords):
+            return True
+    return False
+
+
 def scrub(error: BaseException, passwords: list[str]) -> BaseException:
     """`error`, or a copy of the same type whose message has every password masked.
 
     libpq quotes pieces of a malformed DSN in its messages ('missing "=" after "..."'),
-    which can include the password. The copy keeps the type, so `except` clauses still match.
+    which can include the password. The copy keeps the type, so `except` clauses still match,
+    and carries nothing else of the original: no arguments, notes or chained exceptions.
     """
-    message = str(error)
-    if not any(p in message for p in passwords):
+    if not _mentions(error, passwords):
         return error
+    message = str(error)
     for password in sorted(passwords, key=len, reverse=True):  # the whole before its pieces
         message = message.replace(password, "********")
     try:

@@ -32,14 +32,14 @@ from types import TracebackType
 from typing import Any
 
 import psycopg2
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INERROR
 from psycopg2.extensions import connection as Connection
 
 from . import connection as conn_ops
 from . import watchdog
 from .errors import PoolClosed, PoolError, PoolTimeout
 from .options import PoolOptions, check_timeout
-from .state import LIFETIME_JITTER, PoolState, Slot, Waiter
+from .state import LIFETIME_JITTER, PoolState, Slot, Waiter, same_key
 from .stats import PoolStats
 
 logger = logging.getLogger("pgpool")
@@ -219,7 +219,7 @@ class AbstractConnectionPool:
                 if slot is None:
                     return None
                 close = True  # a pool closed with closeall(in_use=False) closes it now
-            elif key is not None and slot.key != key:
+            elif key is not None and not same_key(slot.key, key):
                 state.find_leased(conn, key)  # raises PoolError naming both keys
             # Fast path: reading these attributes costs no round trip. A connection that is
             # open, outside any transaction, with its session attributes untouched and no
@@ -253,13 +253,13 @@ class AbstractConnectionPool:
         to be closed now; None when there is nothing to do; raises PoolError on misuse.
         """
         state = self._state
+        if conn in self._reclaimed:
+            return None  # taken back after max_lease: closed (or being closed) by the pool
         if state.closed:
             slot = state.leased.get(id(conn))
             if slot is None or slot.conn is not conn:
                 raise self._closed_error()
             return slot
-        if conn in self._reclaimed:
-            return None  # taken back after max_lease and already closed: nothing to do
         state.find_leased(conn, key)  # raises PoolError saying what is wrong
         raise AssertionError("find_leased raises for a connection not leased")  # pragma: no cover
 
@@ -334,11 +334,19 @@ class AbstractConnectionPool:
                 return
             now = self._clock()
             plan = self._state.plan_maintenance(now)
+            # Under the same lock as the lease ends: from now on the borrower's putconn of a
+            # reclaimed connection is harmless, whenever it comes.
+            for slot in plan.reclaimed:
+                self._reclaimed.add(slot.conn)
         for slot in plan.close:
             conn_ops.close_quietly(slot.conn)
+        to_open = plan.to_open
         for slot in plan.reclaimed:
             self._reclaim(slot, now)
-        for remaining in range(plan.to_open, 0, -1):
+        if plan.reclaimed:  # their slots are free only now: refill them in this pass too
+            with self._lock:
+                to_open += self._state.reserve_refills(self._clock())
+        for remaining in range(to_open, 0, -1):
             if not self._refill_one(remaining):
                 break
 
@@ -479,17 +487,19 @@ class AbstractConnectionPool:
     def _open_slot(self) -> Slot:
         """Connect, run `configure`, and record the session defaults to restore on return."""
         options = self._options
-        try:
-            conn = options.connector(*self._args, **self._kwargs)
-        except Exception as error:
-            scrubbed = conn_ops.scrub(error, conn_ops.passwords_in(self._args, self._kwargs))
-            if scrubbed is error:
-                raise
-            raise scrubbed from None  # the original's message holds a password: drop it
+        conn = conn_ops.connect(options.connector, self._args, self._kwargs)
         try:
             if options.configure is not None:
                 options.configure(conn)
-                if conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
+                status = conn.get_transaction_status()
+                if status == TRANSACTION_STATUS_INERROR:
+                    # A commit now would silently roll back every SET configure made.
+                    raise PoolError(
+                        f"pool {self.name!r}: the configure callback left the connection in a "
+                        "failed transaction (a statement in it raised), so what it set would "
+                        "be rolled back; catch the error in configure or roll back yourself"
+                    )
+                if status != TRANSACTION_STATUS_IDLE:
                     conn.commit()  # so what configure SET lasts, and the connection is idle
             defaults = conn_ops.session_defaults(conn)
         except BaseException:
@@ -587,7 +597,21 @@ class AbstractConnectionPool:
         return not closed
 
     def _reclaim(self, slot: Slot, now: float) -> None:
-        self._reclaimed.add(slot.conn)
+        """Close a connection whose lease ran past max_lease; its slot is freed only after.
+
+        psycopg2's close() waits for a query running on the connection, which would stall
+        maintenance for as long as the forgotten borrower's query runs: cut the socket
+        first (the borrower's query fails at once), then close.
+        """
+        try:
+            self._log_reclaim(slot, now)
+            watchdog.cut(slot.conn)
+            conn_ops.close_quietly(slot.conn)
+        finally:
+            with self._lock:
+                self._state.end_return(slot, self._clock(), keep=False)
+
+    def _log_reclaim(self, slot: Slot, now: float) -> None:
         stack = "".join(slot.lease_stack.format()) if slot.lease_stack else "(not recorded)\n"
         logger.warning(
             "pool %r: reclaiming a connection checked out %.1f s ago and never returned "
@@ -597,7 +621,6 @@ class AbstractConnectionPool:
             self._options.max_lease,
             stack,
         )
-        conn_ops.close_quietly(slot.conn)
 
     def _probe_idle(self) -> None:
         """Find idle connections the server has dropped (after a restart, say) without a

@@ -33,9 +33,19 @@ from .options import PoolOptions
 # recovery quick once the server is back; the doubling stops a pool hammering a dead server.
 BACKOFF_BASE = 0.01
 BACKOFF_CAP = 2.0
+BACKOFF_MAX_DOUBLINGS = 16  # BACKOFF_BASE * 2 ** 16 is far past the cap already
 # A connection lives max_lifetime * uniform(LIFETIME_JITTER, 1): connections opened together
 # (at start, or after a restart) then expire spread out instead of all at once.
 LIFETIME_JITTER = 0.95
+
+
+def same_key(a: Hashable | None, b: Hashable | None) -> bool:
+    """Keys match as dict lookups match them: by identity first, then by equality.
+
+    A key that is not equal to itself (``float("nan")``) still finds its connection when
+    the same object is passed back, as in psycopg2.pool.
+    """
+    return a is b or a == b
 
 
 @dataclass(eq=False, slots=True)
@@ -100,7 +110,8 @@ class MaintenancePlan:
     """What one maintenance pass decided; the pool carries it out after releasing the lock."""
 
     close: list[Slot] = field(default_factory=list)  # reaped or expired idle connections
-    reclaimed: list[Slot] = field(default_factory=list)  # leases taken back after max_lease
+    # Leases taken back after max_lease, parked in `returning` until the pool has closed them.
+    reclaimed: list[Slot] = field(default_factory=list)
     to_open: int = 0  # slots reserved (already counted in `connecting`) to refill minconn
 
 
@@ -251,7 +262,10 @@ class PoolState:
         self.connect_errors += 1
         self.connect_failures += 1
         self.last_connect_error = error
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (self.connect_failures - 1))
+        # Doubling stops long before the exponent matters: 2 ** 1024 would overflow a float
+        # after ~1,025 failures in a row (half an hour of outage), here under the lock.
+        doublings = min(self.connect_failures - 1, BACKOFF_MAX_DOUBLINGS)
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**doublings)
         self.next_connect_at = now + delay * random.uniform(0.5, 1.0)
         # Waiters asleep until their deadline must learn when the back-off ends.
         for waiter in self.waiters:
@@ -319,7 +333,7 @@ class PoolState:
         slot = self.leased.get(id(conn))
         if slot is None or slot.conn is not conn:
             raise PoolError(self._describe_stranger(conn))
-        if key is not None and slot.key != key:
+        if key is not None and not same_key(slot.key, key):
             raise PoolError(
                 f"pool {self.options.name!r}: connection was checked out with key "
                 f"{slot.key!r}, not {key!r}; it stays checked out"
@@ -420,16 +434,23 @@ class PoolState:
         if options.max_lease is not None:
             for slot in list(self.leased.values()):
                 if now - slot.leased_at >= options.max_lease:
-                    self.unlease(slot)
+                    # Into `returning`, not freed: the connection is still open (maybe running
+                    # its borrower's query) and keeps its slot, so no replacement can push the
+                    # server past maxconn, until the pool has closed it (`end_return`).
+                    self.begin_return(slot)
                     plan.reclaimed.append(slot)
             self.leases_reclaimed += len(plan.reclaimed)
-            self.connections_closed += len(plan.reclaimed)
-        # Refill to minconn, within the connect budget and the back-off.
-        while self.size < options.minconn and self.can_connect(now):
-            self.connecting += 1
-            plan.to_open += 1
+        plan.to_open = self.reserve_refills(now)
         self.dispatch(now)
         return plan
+
+    def reserve_refills(self, now: float) -> int:
+        """Reserve slots to refill to minconn, within the connect budget and the back-off."""
+        reserved = 0
+        while self.size < self.options.minconn and self.can_connect(now):
+            self.connecting += 1
+            reserved += 1
+        return reserved
 
     # -- closing --------------------------------------------------------------------------
 

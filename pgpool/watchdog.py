@@ -77,6 +77,16 @@ def _run() -> None:
             _cut(alarm.fd)
 
 
+def cut(conn: Any) -> None:
+    """Shut down a connection's socket now: a query running on it fails at once, so a
+    close() that would wait for it returns promptly. A closed connection is left alone."""
+    try:
+        fd = conn.fileno()
+    except Exception:
+        return
+    _cut(fd)
+
+
 def _cut(fd: int) -> None:
     # shutdown() acts on the socket itself, so doing it through a duplicate descriptor wakes
     # libpq's poll() on the original; closing the duplicate leaves the original's number valid.

@@ -52,7 +52,7 @@ from hypothesis.stateful import (
 )
 
 import pgpool
-from pgpool.state import BACKOFF_BASE, BACKOFF_CAP, LIFETIME_JITTER
+from pgpool.state import BACKOFF_BASE, BACKOFF_CAP, BACKOFF_MAX_DOUBLINGS, LIFETIME_JITTER
 
 KEYS = ("a", "b", "c")
 IDLE = ext.TRANSACTION_STATUS_IDLE
@@ -446,7 +446,8 @@ class PoolMachine(RuleBasedStateMachine):
             model.backoff_pending = False
             model.next_connect_at = _backoff_of(pool)
             now = self.clock()
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (model.connect_failures - 1))
+            doublings = min(model.connect_failures - 1, BACKOFF_MAX_DOUBLINGS)
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**doublings)
             assert now + delay * 0.5 <= model.next_connect_at <= now + delay, "back-off"
 
     # -- model transitions ----------------------------------------------------------------
@@ -685,11 +686,11 @@ class PoolMachine(RuleBasedStateMachine):
         track = model.tracked.get(id(conn))
         if track is not None and track.conn is not conn:
             track = None
+        if track is not None and track.reclaimed:
+            return "reclaimed"  # returning it late is harmless, not misuse, even once closed
         if model.closed:
             # closeall(in_use=False) left it to its borrower: closed now, whatever the key
             return "close" if track is not None and track.where == "leased" else "closed"
-        if track is not None and track.reclaimed:
-            return "reclaimed"  # returning it late is harmless, not misuse
         if track is None or track.where != "leased":
             return "misuse"  # a stranger, or returned twice
         if key is not None and track.key != key:

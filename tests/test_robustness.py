@@ -1,0 +1,278 @@
+"""Regression tests for what an attacker's run found (issue 8): each failed before its fix.
+
+- ~1,025 failed connects in a row overflowed the back-off arithmetic under the lock;
+- a `max_lease` reclaim freed its slot before the connection was closed (the server saw
+  more than `maxconn` sessions) and closed a busy connection while maintenance waited for
+  the borrower's query; the borrower's putconn meanwhile raised;
+- a scrubbed connect error still carried the original, password and all, in its chain;
+- a key not equal to itself (nan) could not be returned; a `configure` that left its
+  transaction in error had its SETs silently rolled back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import pytest
+from fakes import FakeClock, FakeServer
+from faultsupport import count_backends, in_thread, pool_dsn, scalar, unique_app, wait_for
+
+import pgpool
+from pgpool.state import BACKOFF_CAP, PoolState
+
+# -- 1. back-off after a very long run of failed connects ---------------------------------
+
+
+def _always_failing(*_args: Any, **_kwargs: Any) -> Any:
+    raise psycopg2.OperationalError("connection refused (on purpose)")
+
+
+def test_backoff_survives_thousands_of_failures_in_a_row() -> None:
+    options = pgpool.PoolOptions(minconn=0, maxconn=1)
+    state = PoolState(options)
+    now = 0.0
+    for _ in range(1_100):  # 2 ** 1024 overflows a float: the 1,025th failure raised
+        state.connecting += 1  # as reserve_connect would
+        state.connect_failed(psycopg2.OperationalError("refused"), now)
+        assert now < state.next_connect_at <= now + BACKOFF_CAP
+        now = state.next_connect_at
+    assert state.connect_failures == 1_100 and state.connecting == 0
+
+
+def test_a_retry_loop_keeps_getting_the_drivers_error() -> None:
+    pool = pgpool.SimpleConnectionPool(0, 1, connector=_always_failing)
+    for _ in range(1_100):
+        with pytest.raises(psycopg2.OperationalError, match="on purpose"):
+            pool.getconn()
+    assert pool.stats().connect_errors == 1_100
+    pool.closeall()
+
+
+def test_refill_recovers_after_a_long_outage() -> None:
+    """Before the fix, the overflow skipped the refill's bookkeeping: a (4, 4) pool ended
+    with `connecting 3` for good and could hand out one connection, forever."""
+    clock, server = FakeClock(), FakeServer()
+    pool = pgpool.ThreadedConnectionPool(
+        4, 4, clock=clock, connector=server.connect, maintenance_interval=None,
+        max_connecting=4, max_lifetime=10.0,
+    )  # fmt: skip
+    server.refuse()
+    clock.advance(20)  # every connection expires: maintenance closes them and refills
+    for _ in range(1_100):
+        pool.maintain()
+        clock.advance(BACKOFF_CAP + 0.1)  # past any back-off
+    assert pool.stats().connecting == 0
+    server.accept()
+    pool.maintain()
+    stats = pool.stats()
+    assert (stats.idle, stats.connecting) == (4, 0)
+    conns = [pool.getconn(timeout=0) for _ in range(4)]
+    for conn in conns:
+        pool.putconn(conn)
+    pool.closeall()
+
+
+# -- 3 and 4. max_lease reclaim ----------------------------------------------------------
+
+
+@pytest.fixture
+def sampler(dsn: str) -> Iterator[tuple[str, list[int]]]:
+    """(application name, samples): the pool's server sessions, counted every 10 ms."""
+    app = unique_app("reclaim")
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        admin = psycopg2.connect(dsn)
+        admin.autocommit = True
+        try:
+            while not stop.is_set():
+                samples.append(
+                    scalar(
+                        admin,
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                        (app,),
+                    )
+                )
+                stop.wait(0.01)
+        finally:
+            admin.close()
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    yield app, samples
+    stop.set()
+    thread.join(10)
+
+
+@pytest.mark.timeout(60)
+def test_reclaim_never_puts_the_server_above_maxconn(
+    dsn: str, sampler: tuple[str, list[int]]
+) -> None:
+    app, samples = sampler
+    pool = pgpool.ThreadedConnectionPool(
+        0, 2, pool_dsn(dsn, app), timeout=10, max_lease=0.3, maintenance_interval=0.05
+    )
+    # Two borrowers forget their connections, each busy in a long query when reclaimed.
+    busy = [in_thread(lambda: scalar(pool.getconn(), "SELECT pg_sleep(30)")) for _ in range(2)]
+    wait_for(lambda: count_backends(dsn, app) == 2, what="two busy borrowers")
+    # Others keep asking: each reclaimed slot is refilled, but only once it is free.
+    for _ in range(6):
+        conn = pool.getconn()
+        scalar(conn, "SELECT 1")
+        pool.putconn(conn)
+    for thread, outcome in busy:
+        thread.join(10)
+        assert isinstance(outcome.error, psycopg2.DatabaseError), outcome  # its socket was cut
+    assert pool.stats().leases_reclaimed == 2
+    pool.closeall()
+    assert samples and max(samples) <= 2, f"the server saw {max(samples)} sessions, maxconn 2"
+
+
+@pytest.mark.timeout(60)
+def test_reclaiming_a_busy_connection_does_not_stall_maintenance(dsn: str) -> None:
+    app = unique_app("reclaim-busy")
+    pool = pgpool.ThreadedConnectionPool(
+        1, 3, pool_dsn(dsn, app), max_lease=0.3, maintenance_interval=0.05, max_idle=0.2
+    )
+    conn = pool.getconn()
+    _thread, outcome = in_thread(lambda: scalar(conn, "SELECT pg_sleep(30)"))
+    # The reclaim cuts the connection: the forgotten query ends now, not in 30 s.
+    assert outcome.done.wait(15), "the reclaim waited for the borrower's query"
+    assert isinstance(outcome.error, psycopg2.DatabaseError)
+    pool.putconn(conn)  # the borrower returns it late: harmless, as documented
+    # Maintenance goes on: it refills minconn and keeps reaping.
+    wait_for(lambda: pool.stats().idle == 1, what="refill after the reclaim")
+    extra = [pool.getconn(), pool.getconn()]
+    for c in extra:
+        pool.putconn(c)
+    wait_for(lambda: pool.stats().idle == 1, what="reaping back to minconn")
+    assert pool.stats().leases_reclaimed == 1
+    pool.closeall()
+    assert conn.closed
+
+
+def test_returning_a_reclaimed_connection_is_harmless_even_after_closeall() -> None:
+    clock, server = FakeClock(), FakeServer()
+    pool = pgpool.ThreadedConnectionPool(
+        0, 2, clock=clock, connector=server.connect, maintenance_interval=None, max_lease=5.0
+    )
+    conn = pool.getconn()
+    clock.advance(6)
+    pool.maintain()
+    assert pool.stats().leases_reclaimed == 1 and pool.stats().in_use == 0
+    pool.putconn(conn)  # while the pool is open
+    pool.closeall()
+    pool.putconn(conn)  # and after it closed
+    assert server.open_connections() == []
+
+
+# -- 5. no password anywhere in an exception's chain ---------------------------------------
+
+SECRET = "Hunter2-S3cret"
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is e for e in seen):
+            continue
+        seen.append(current)
+        yield current
+        pending += [current.__cause__, current.__context__]
+
+
+def _everything_in(error: BaseException) -> str:
+    parts: list[str] = []
+    for linked in _chain(error):
+        parts += [str(linked), repr(linked), *map(repr, linked.args)]
+        parts += getattr(linked, "__notes__", [])
+        parts += [str(getattr(linked, "pgerror", "")), repr(getattr(linked, "diag", ""))]
+    return "\n".join(parts)
+
+
+# Each way of giving a password, with a mistake that makes libpq quote it back.
+WAYS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
+    "dsn-sslmode": ((f"host=127.0.0.1 port=1 password={SECRET} sslmode={SECRET}",), {}),
+    "dsn-unquoted-space": ((f"host=127.0.0.1 port=1 password={SECRET} x",), {}),
+    "uri-sslmode": ((f"postgresql://u:{SECRET}@127.0.0.1:1/db?sslmode={SECRET}",), {}),
+    "uri-slash": ((f"postgresql://u:{SECRET}/x@127.0.0.1:1/db",), {}),
+    "password-kwarg": (("host=127.0.0.1 port=1",), {"password": SECRET, "sslmode": SECRET}),
+    "dsn-kwarg": ((), {"dsn": f"host=127.0.0.1 port=1 password={SECRET} sslmode={SECRET}"}),
+}
+
+
+@pytest.mark.parametrize("way", sorted(WAYS))
+@pytest.mark.parametrize("entry", ["constructor", "getconn", "simple-getconn"])
+def test_no_password_anywhere_in_the_chain(way: str, entry: str) -> None:
+    args, kwargs = WAYS[way]
+    error: BaseException
+    if entry == "constructor":
+        with pytest.raises(psycopg2.Error) as caught:
+            pgpool.ThreadedConnectionPool(1, 1, *args, **kwargs)
+        error = caught.value
+    else:
+        cls = (
+            pgpool.SimpleConnectionPool
+            if entry == "simple-getconn"
+            else pgpool.ThreadedConnectionPool
+        )
+        pool = cls(0, 1, *args, timeout=0, **kwargs)
+        with pytest.raises(psycopg2.Error) as caught:
+            pool.getconn()
+        error = caught.value
+        pool.closeall()
+    text = _everything_in(error)
+    assert SECRET not in text, f"the password rides along in: {text}"
+    assert "********" in str(error) or SECRET not in str(error)
+
+
+def test_a_connect_error_without_a_password_is_left_as_it_is() -> None:
+    original = psycopg2.OperationalError("refused")
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise original
+
+    pool = pgpool.SimpleConnectionPool(0, 1, "password=unrelated", connector=refuse)
+    with pytest.raises(psycopg2.OperationalError) as caught:
+        pool.getconn()
+    assert caught.value is original
+    pool.closeall()
+
+
+# -- 6. keys not equal to themselves, a configure left in error -----------------------------
+
+
+@pytest.mark.parametrize("cls", [pgpool.SimpleConnectionPool, pgpool.ThreadedConnectionPool])
+def test_a_nan_key_can_be_returned(cls: type[pgpool.AbstractConnectionPool]) -> None:
+    server = FakeServer()
+    pool = cls(0, 2, connector=server.connect, maintenance_interval=None)
+    key = float("nan")
+    conn = pool.getconn(key)
+    assert pool.getconn(key) is conn  # sticky, as in psycopg2.pool
+    pool.putconn(conn, key=key)
+    assert pool.stats().idle == 1
+    with pytest.raises(pgpool.PoolError, match="returned twice"):
+        pool.putconn(conn, key=key)
+    pool.closeall()
+
+
+def test_a_configure_left_in_error_is_an_error_not_a_silent_rollback(dsn: str) -> None:
+    def configure(conn: Any) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SET search_path TO pg_catalog")
+            with pytest.raises(psycopg2.errors.UndefinedTable):
+                cur.execute("SELECT * FROM no_such_table_here")
+
+    pool = pgpool.ThreadedConnectionPool(0, 1, dsn, configure=configure, timeout=1)
+    with pytest.raises(pgpool.PoolError, match="configure callback left the connection"):
+        pool.getconn()
+    stats = pool.stats()
+    assert (stats.connecting, stats.in_use, stats.idle) == (0, 0, 0)  # nothing lost
+    pool.closeall()
