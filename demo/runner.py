@@ -1,0 +1,232 @@
+"""The demo's loop: start the pools and their threads, sample, draw, inject the fault.
+
+Every `TICK` seconds the runner takes a snapshot of each pool (through `demo.adapter`), adds
+it to the lanes' history and redraws: a rich `Live` display on a terminal, or, when the
+output is piped, a plain status line per pool each second plus the events as they happen.
+Both end with the final frame, which ``--record`` also saves as an SVG.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from psycopg2.extensions import make_dsn
+from rich.console import Console
+from rich.live import Live
+
+from demo.scenarios import SCENARIOS, Scenario
+from demo.view import LEAKED, Frame, PoolView, render, status_line
+from demo.workload import EventLog, Workload
+from testbed.embedded import EmbeddedPostgres, run_sql
+
+TICK = 0.2  # seconds between samples: one character of a lane per tick
+PLAIN_EVERY = 1.0  # seconds between status lines when piped
+OPENED_EVERY = 2.0  # connects are logged as one line per pool per this many seconds
+SHORT_DURATION = 2.5  # --short: every scenario scaled to about this long
+APPLICATION_NAME = "pgpool-demo"
+RECORD_WIDTH = 100
+
+# pgpool's counters worth a line in the event log when they move, and how to say it.
+NEWS = {
+    "connections_closed": "closed {} connection(s)",
+    "idle_reaped": "reaped {} idle connection(s) (max_idle)",
+    "leases_reclaimed": "reclaimed {} leaked connection(s) (max_lease)",
+    "timeouts": "{} getconn call(s) timed out",
+    "failed_checks": "{} connection(s) failed the health check",
+}
+
+
+class _ToEventLog(logging.Handler):
+    """pgpool's log records (reclaims, dropped connections) as events, first line only."""
+
+    def __init__(self, log: EventLog) -> None:
+        super().__init__(logging.INFO)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._log.add("pgpool log", record.getMessage().splitlines()[0][:100])
+
+
+class Fault(threading.Thread):
+    """Runs the scenario's fault on its own thread, so the display goes on meanwhile."""
+
+    def __init__(
+        self,
+        kind: str,
+        workloads: Sequence[Workload],
+        server: EmbeddedPostgres | None,
+        dsn: str,
+        log: EventLog,
+    ) -> None:
+        super().__init__(name="demo-fault", daemon=True)
+        self.kind = kind
+        self.workloads = workloads
+        self.server = server
+        self.dsn = dsn
+        self.log = log
+
+    def run(self) -> None:
+        if self.kind == "leak":
+            for w in self.workloads:
+                w.leak_one()
+            return
+        start = time.monotonic()
+        if self.server is not None:
+            self.log.add("server", "restarting (pg_ctl restart -m fast)")
+            self.server.restart("fast")
+            self.log.add("server", f"back after {time.monotonic() - start:.1f} s")
+        else:  # a server we do not own: kill our sessions instead
+            self.log.add("server", "not ours to restart: terminating the demo's sessions")
+            run_sql(
+                self.dsn,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (APPLICATION_NAME,),
+            )
+
+
+def run(
+    scenario_name: str,
+    pools: Sequence[str],
+    dsn: str,
+    console: Console,
+    *,
+    server: EmbeddedPostgres | None = None,
+    short: bool = False,
+    record: Path | None = None,
+) -> int:
+    """Run one scenario on `pools` (pool names, see `demo.workload.build`); return 0."""
+    scenario: Scenario = SCENARIOS[scenario_name]
+    if short:
+        scenario = scenario.scaled(SHORT_DURATION / scenario.duration)
+    dsn = make_dsn(dsn, application_name=APPLICATION_NAME)
+    t0 = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - t0
+
+    log = EventLog(clock)
+    pgpool_logger = logging.getLogger("pgpool")
+    handler = _ToEventLog(log)
+    saved_level, saved_propagate = pgpool_logger.level, pgpool_logger.propagate
+    pgpool_logger.addHandler(handler)
+    pgpool_logger.setLevel(logging.INFO)
+    pgpool_logger.propagate = False  # the event log shows them; stderr would tear the display
+    workloads: list[Workload] = []
+    longest: dict[str, float] = {}
+    try:
+        for kind in pools:
+            workloads.append(Workload(kind, scenario, dsn, log, clock))
+        views = [PoolView(w.name, scenario.maxconn) for w in workloads]
+        frame = _loop(scenario, workloads, views, log, clock, console, server, dsn)
+        longest = {w.name: w.longest_wait() for w in workloads}
+    finally:
+        for w in workloads:
+            w.stop()
+        pgpool_logger.removeHandler(handler)
+        pgpool_logger.setLevel(saved_level)
+        pgpool_logger.propagate = saved_propagate
+    if not console.is_terminal:
+        console.print(render(frame, console.width))
+    for w in workloads:
+        summary = (
+            f"{w.name}: {w.queries:,} queries, {w.errors:,} errors, "
+            f"{w.opened.value} connects, longest wait {longest[w.name] * 1000:,.0f} ms"
+        )
+        console.print(summary, markup=False, highlight=False)
+    if record is not None:
+        recorder = Console(record=True, width=RECORD_WIDTH, file=open("/dev/null", "w"))  # noqa: SIM115
+        recorder.print(render(frame, RECORD_WIDTH))
+        recorder.save_svg(str(record), title=f"python -m demo {scenario_name}")
+        recorder.file.close()
+        console.print(f"saved the final frame to {record}")
+    return 0
+
+
+def _loop(
+    scenario: Scenario,
+    workloads: list[Workload],
+    views: list[PoolView],
+    log: EventLog,
+    clock: Callable[[], float],
+    console: Console,
+    server: EmbeddedPostgres | None,
+    dsn: str,
+) -> Frame:
+    phases = list(scenario.phases)
+    phase = ""
+    fault: Fault | None = None
+    previous: list[dict[str, int]] = [{} for _ in workloads]
+    opened_before = [0] * len(workloads)
+    opened_logged = [-OPENED_EVERY] * len(workloads)  # when each pool's last such line was
+    seen_events = 0
+    next_plain = 0.0
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    for w in workloads:
+        w.start()
+    if live is not None:
+        live.start()
+    try:
+        while True:
+            now = clock()
+            while phases and phases[0].at <= now:
+                p = phases.pop(0)
+                phase = p.label
+                for w in workloads:
+                    w.active = p.threads
+                log.add("scenario", p.label)
+            if scenario.fault and fault is None and now >= scenario.fault_at:
+                fault = Fault(scenario.fault, workloads, server, dsn, log)
+                fault.start()
+            for i, (w, view) in enumerate(zip(workloads, views, strict=True)):
+                _sample(w, view)
+                for key, template in NEWS.items():
+                    moved = view.counters.get(key, 0) - previous[i].get(key, 0)
+                    if moved > 0:
+                        log.add(w.name, template.format(moved))
+                previous[i] = dict(view.counters)
+                # psycopg2.pool may connect on every request: at most one line per pool
+                # per OPENED_EVERY seconds, counting every connect since the last one.
+                if view.opened > opened_before[i] and now - opened_logged[i] >= OPENED_EVERY:
+                    log.add(w.name, f"opened {view.opened - opened_before[i]} connection(s)")
+                    opened_before[i], opened_logged[i] = view.opened, now
+            frame = Frame(scenario, now, phase, views, log.last(20))
+            if live is not None:
+                live.update(render(frame, console.width), refresh=True)
+            else:
+                seen_events, new = log.since(seen_events)
+                for t, who, message in new:
+                    line = f"{t:5.1f}s {who:<10.10} {message}"
+                    console.print(line, markup=False, highlight=False)
+                if now >= next_plain:
+                    next_plain += PLAIN_EVERY
+                    for view in views:
+                        console.print(status_line(view, now), markup=False, highlight=False)
+            fault_running = fault is not None and fault.is_alive()
+            if now >= scenario.duration and not fault_running:
+                return frame
+            time.sleep(TICK)
+    finally:
+        if live is not None:
+            live.stop()
+
+
+def _sample(w: Workload, view: PoolView) -> None:
+    snap = w.built.adapter.snapshot()
+    leaked = w.leaked_ids()
+    states = list(snap.lanes)
+    if leaked:
+        # The adapter reports lanes by connection; mark the forgotten ones.
+        lane_of = getattr(w.built.adapter, "_lane_of", {})
+        for conn_id, lane in lane_of.items():
+            if conn_id in leaked and states[lane] != "empty":
+                states[lane] = LEAKED
+    view.push(tuple(states))
+    view.counters = snap.counters
+    view.waiting = sorted(dict(w.waiting).items(), key=lambda item: item[1])
+    view.queries, view.errors, view.max_wait = w.queries, w.errors, w.longest_wait()
+    view.opened = w.opened.value
