@@ -30,8 +30,9 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME",
-        help=f"also run this pool, side by side with pgpool: {', '.join(KNOWN_POOLS[1:])}, "
-        "or module:Class for any pool taking (minconn, maxconn, dsn) (repeatable)",
+        help="also run this pool, side by side with pgpool (repeatable): psycopg2 "
+        "(psycopg2.pool), a course pool (" + ", ".join(KNOWN_POOLS[2:]) + "), or "
+        "module:Class for any pool taking (minconn, maxconn, dsn)",
     )
     cli.add_argument("--record", type=Path, metavar="FILE.svg", help="save the final frame")
     cli.add_argument("--dsn", help="use this PostgreSQL instead of starting one")

@@ -128,12 +128,20 @@ class Psycopg2Adapter(Adapter):
         return used + idle, 0
 
 
-class HeldAdapter(Adapter):
-    """Any other pool: only the connections the demo's own threads hold are known."""
+class CourseAdapter(Adapter):
+    """The course's pools and any other: in use are the connections the demo's threads
+    hold (they know); idle ones are found in `_idle` (a list) or in `_tokens` (step 2's
+    queue.Queue, where None stands for a slot with no connection); `_connecting` counts
+    connects in flight where a pool has it."""
 
     def __init__(self, pool: Any, maxconn: int, held: Callable[[], Iterable[Any]]) -> None:
         super().__init__(pool, maxconn)
         self._held = held
 
     def read(self) -> tuple[list[tuple[Any, str]], int] | None:
-        return [(c, IN_USE) for c in self._held()], 0
+        conns = [(c, IN_USE) for c in self._held()]
+        tokens = getattr(getattr(self.pool, "_tokens", None), "queue", None)
+        idle = _items(getattr(self.pool, "_idle", None)) or _items(tokens)
+        conns += [(c, IDLE) for c in idle if c is not None]
+        connecting = getattr(self.pool, "_connecting", 0)
+        return conns, connecting if isinstance(connecting, int) else 0

@@ -160,9 +160,7 @@ def _loop(
     phases = list(scenario.phases)
     phase = ""
     fault: Fault | None = None
-    previous: list[dict[str, int]] = [{} for _ in workloads]
-    opened_before = [0] * len(workloads)
-    opened_logged = [-OPENED_EVERY] * len(workloads)  # when each pool's last such line was
+    news = [_News() for _ in workloads]
     seen_events = 0
     next_plain = 0.0
     live = Live(console=console, auto_refresh=False) if console.is_terminal else None
@@ -184,16 +182,8 @@ def _loop(
                 fault.start()
             for i, (w, view) in enumerate(zip(workloads, views, strict=True)):
                 _sample(w, view)
-                for key, template in NEWS.items():
-                    moved = view.counters.get(key, 0) - previous[i].get(key, 0)
-                    if moved > 0:
-                        log.add(w.name, template.format(moved))
-                previous[i] = dict(view.counters)
-                # psycopg2.pool may connect on every request: at most one line per pool
-                # per OPENED_EVERY seconds, counting every connect since the last one.
-                if view.opened > opened_before[i] and now - opened_logged[i] >= OPENED_EVERY:
-                    log.add(w.name, f"opened {view.opened - opened_before[i]} connection(s)")
-                    opened_before[i], opened_logged[i] = view.opened, now
+                for line in news[i].lines(view, now):
+                    log.add(w.name, line)
             frame = Frame(scenario, now, phase, views, log.last(20))
             if live is not None:
                 live.update(render(frame, console.width), refresh=True)
@@ -213,6 +203,37 @@ def _loop(
     finally:
         if live is not None:
             live.stop()
+
+
+class _News:
+    """Turns one pool's counters into event lines: each of pgpool's NEWS counters that
+    moved, and connects, which psycopg2.pool may make on every request, as at most one line
+    per OPENED_EVERY seconds (with the span of time they happened in)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.opened = 0  # connects already told
+        self.told_at = -OPENED_EVERY
+        self.seen = 0  # connects at the last sample
+        self.first: float | None = None  # first sample with connects not yet told
+        self.last = 0.0  # last sample where the count moved
+
+    def lines(self, view: PoolView, now: float) -> list[str]:
+        out = []
+        for key, template in NEWS.items():
+            moved = view.counters.get(key, 0) - self.counters.get(key, 0)
+            if moved > 0:
+                out.append(template.format(moved))
+        self.counters = dict(view.counters)
+        if view.opened != self.seen:
+            self.seen, self.last = view.opened, now
+            self.first = now if self.first is None else self.first
+        if view.opened > self.opened and now - self.told_at >= OPENED_EVERY:
+            first = now if self.first is None else self.first
+            when = f" ({first:.1f}-{self.last:.1f} s)" if first < self.last else ""
+            out.append(f"opened {view.opened - self.opened} connection(s){when}")
+            self.opened, self.told_at, self.first = view.opened, now, None
+        return out
 
 
 def _sample(w: Workload, view: PoolView) -> None:

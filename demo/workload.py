@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import itertools
 import threading
 import time
@@ -20,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
 import psycopg2.pool
 
 import pgpool
-from demo.adapter import Adapter, HeldAdapter, PgpoolAdapter, Psycopg2Adapter
+from demo.adapter import Adapter, CourseAdapter, PgpoolAdapter, Psycopg2Adapter
 from demo.scenarios import Scenario
 
 RETRY_PAUSE = 0.001  # between "exhausted" retries
@@ -72,41 +74,31 @@ class _Counter:
             self.value += 1
 
 
-def _slow_connect(delay: float, opened: _Counter) -> Callable[..., Any]:
-    def connect(*args: Any, **kwargs: Any) -> Any:
-        if delay:
-            time.sleep(delay)
-        conn = psycopg2.connect(*args, **kwargs)
-        opened.add()
-        return conn
+def _connection_factory(delay: float, opened: _Counter) -> type[Any]:
+    """A psycopg2 `connection_factory` that takes `delay` seconds longer to connect (as if
+    the server were far away) and counts connects. Every pool here passes its keyword
+    arguments on to psycopg2.connect, so they all get the same slow, counted connects."""
 
-    return connect
+    class DemoConnection(psycopg2.extensions.connection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if delay:
+                time.sleep(delay)
+            super().__init__(*args, **kwargs)
+            opened.add()
 
-
-class _DemoPsycopg2Pool(psycopg2.pool.ThreadedConnectionPool):
-    """psycopg2.pool with the scenario's connect delay, and a count of connects: its
-    `_connect`, with `self.connect` in place of `psycopg2.connect`."""
-
-    _args: tuple[Any, ...]  # psycopg2.pool's private state, which its stubs leave out
-    _kwargs: dict[str, Any]
-    _used: dict[Any, Any]
-    _rused: dict[int, Any]
-    _pool: list[Any]
-
-    connect: Callable[..., Any] = staticmethod(psycopg2.connect)
-
-    def _connect(self, key: Any = None) -> Any:
-        conn = self.connect(*self._args, **self._kwargs)
-        if key is not None:
-            self._used[key] = conn
-            self._rused[id(conn)] = key
-        else:
-            self._pool.append(conn)
-        return conn
+    return DemoConnection
 
 
-# --pool names: the pools the demo knows, besides "module:Class".
-KNOWN_POOLS = ("pgpool", "psycopg2")
+# --pool names the demo knows, besides "module:Class": psycopg2.pool, and the course's
+# pools (course/, docs/learn/), each with the same getconn/putconn/closeall.
+COURSE_POOLS = {
+    "queue": "course.step2_queue:QueuePool",
+    "condition": "course.step3_condition:ConditionPool",
+    "fifo": "course.step4_fifo:FifoPool",
+    "reserve": "course.step5_reserve:ReservePool",
+    "maintained": "course.step6_maintained:MaintainedPool",
+}
+KNOWN_POOLS = ("pgpool", "psycopg2", *COURSE_POOLS)
 
 
 def check_name(kind: str) -> None:
@@ -115,28 +107,45 @@ def check_name(kind: str) -> None:
         raise ValueError(f"unknown pool {kind!r}: use {', '.join(KNOWN_POOLS)} or module:Class")
 
 
+def _keywords(cls: type[Any]) -> set[str]:
+    """The keyword arguments `cls(...)` takes itself (not passing them on to connect)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        with contextlib.suppress(TypeError, ValueError):
+            for p in inspect.signature(init).parameters.values():
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                    names.add(p.name)
+    return names
+
+
 def build(
     kind: str, scenario: Scenario, dsn: str, opened: _Counter, held: Callable[[], list[Any]]
 ) -> Built:
     """Make the pool named `kind` for `scenario`; raise ValueError for an unknown name."""
-    connect = _slow_connect(scenario.connect_delay, opened)
+    factory = _connection_factory(scenario.connect_delay, opened)
     lo, hi = scenario.minconn, scenario.maxconn
     if kind == "pgpool":
         options = {"name": "pgpool", **scenario.pgpool_options}
-        pool = pgpool.ThreadedConnectionPool(lo, hi, dsn, connector=connect, **options)
-        return Built(pool, PgpoolAdapter(pool, hi), retry_exhausted=False)
+        ours = pgpool.ThreadedConnectionPool(lo, hi, dsn, connection_factory=factory, **options)
+        return Built(ours, PgpoolAdapter(ours, hi), retry_exhausted=False)
     if kind == "psycopg2":
-        cls = type("Psycopg2Pool", (_DemoPsycopg2Pool,), {"connect": staticmethod(connect)})
-        pool = cls(lo, hi, dsn)
+        pool = psycopg2.pool.ThreadedConnectionPool(lo, hi, dsn, connection_factory=factory)
         return Built(pool, Psycopg2Adapter(pool, hi), retry_exhausted=True)
     check_name(kind)
-    module_name, _, class_name = kind.partition(":")
+    module_name, _, class_name = COURSE_POOLS.get(kind, kind).partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load pool {kind!r}: {exc}") from exc
-    pool = cls(lo, hi, dsn)
-    return Built(pool, HeldAdapter(pool, hi, held), retry_exhausted=True)
+    # pgpool's options this pool also has (timeout, max_idle, max_lease, ...); any other
+    # keyword would be passed on to psycopg2.connect and rejected there.
+    accepted = _keywords(cls)
+    options = {k: v for k, v in scenario.pgpool_options.items() if k in accepted}
+    pool = cls(lo, hi, dsn, connection_factory=factory, **options)
+    return Built(pool, CourseAdapter(pool, hi, held), retry_exhausted=True)
 
 
 class Workload:
@@ -161,11 +170,15 @@ class Workload:
         self._last_error_logged = -1.0
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards the counters above
-        self.built = build(kind, scenario, dsn, self.opened, lambda: list(self.held.values()))
+        self.built = build(kind, scenario, dsn, self.opened, self._holding)
         self._threads = [
             threading.Thread(target=self._work, args=(i,), name=f"demo-{self.name}-{i}")
             for i in range(scenario.threads)
         ]
+
+    def _holding(self) -> list[Any]:
+        """Connections the threads hold, forgotten ones included."""
+        return [*dict(self.held).values(), *self.leaked]
 
     def start(self) -> None:
         for t in self._threads:
@@ -249,7 +262,7 @@ class Workload:
                         time.sleep(RETRY_PAUSE)
                         continue
                     self._failed(exc)
-                except (psycopg2.Error, pgpool.PoolError) as exc:
+                except Exception as exc:  # any pool's own errors too (the course's)
                     self._failed(exc)
                 else:
                     self.held[i] = conn

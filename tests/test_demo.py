@@ -72,6 +72,13 @@ def test_side_by_side_and_record(dsn: str, tmp_path: Path) -> None:
     assert content.startswith("<svg") and "c1" in content and "psycopg2" in content
 
 
+def test_a_course_pool_runs_beside_pgpool(dsn: str) -> None:
+    # Three pools do not fit side by side in 80 columns: they are stacked.
+    text = _run("contention", dsn, ["pgpool", "psycopg2", "fifo"])
+    _check_plain(text, ["pgpool", "psycopg2", "fifo"])
+    assert "╭─ fifo (4 lanes)" in text
+
+
 def test_command_line_rejects_an_unknown_pool(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["steady", "--short", "--dsn", dsn, "--pool", "nosuchpool"]) == 2
     assert "unknown pool 'nosuchpool'" in capsys.readouterr().err
