@@ -7,10 +7,13 @@ scenario says otherwise. Each one is wrapped in a `Handle` that exposes
 - ``get()`` / ``put(conn)``: the cheapest way a user's code borrows and returns a
   connection with that library (bound methods wherever possible, so the wrapper adds
   nothing to what is measured);
-- ``opened.value``: the connections opened so far, counted *the same way for everyone*:
-  psycopg2-based contenders get a ``connection_factory`` subclass that bumps a counter
-  (and turns autocommit on), psycopg_pool gets a ``connection_class`` subclass that does
-  the same;
+- ``opened``: a `Counter` of the connections opened so far and of the most that were
+  open at once (the contender's *sessions* on the server), counted *the same way for
+  everyone*: psycopg2-based contenders get a ``connection_factory`` subclass that counts
+  each connection when it opens and when it closes (and turns autocommit on),
+  psycopg_pool gets a ``connection_class`` subclass that does the same. A contender
+  whose sessions exceed the configured maximum is marked in every table and never
+  counts as the "best other pool" a goal is judged against;
 - ``state()``: idle / in use / waiting right now, for the pool-state timelines.
 
 How each library's knobs map to "min / max":
@@ -26,6 +29,11 @@ How each library's knobs map to "min / max":
   most ``max`` connections, and ``min`` of them kept). It opens lazily, so it is primed
   with ``min`` connections like the others.
 - DBUtils PooledDB over psycopg2: ``mincached=min``, ``maxconnections=max``, ``blocking=True``.
+- psycopg2-pool (PyPI) over psycopg2: ``minconn=min``, ``maxconn=max``. Like psycopg2.pool
+  it raises ``PoolError("connection pool exhausted")`` instead of waiting, so its
+  thread-safe pool runs in the same retry loop. It does not enforce ``maxconn``: a
+  connection taken from its idle deque is never counted as in use, so under contention
+  it opens more than ``maxconn`` (the sessions column shows how many).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -48,39 +57,84 @@ RETRY_DEADLINE = 30.0  # ... and give up after this long, like the other pools' 
 
 
 class Counter:
-    """A thread-safe counter (connections opened)."""
+    """Connections opened by one contender, and how many were open at once (its sessions).
+
+    Every connection a contender opens registers here (`opened`) and hands back a
+    `release` to call when it closes. `live` is the number open right now; `peak` the most
+    that were ever open together: each one is a session (a backend process) on the
+    server. The peak can only be reached the moment a connection opens, so updating it
+    there makes it exact, where sampling ``pg_stat_activity`` could miss a short burst.
+    A connection counts as closed when its ``close()`` is called or, if nobody closes it,
+    when it is garbage-collected (its backend goes away then too).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.value = 0
+        self.value = 0  # connections opened so far
+        self.live = 0
+        self.peak = 0
 
     def add(self, n: int = 1) -> None:
         with self._lock:
             self.value += n
+            self.live += n
+            self.peak = max(self.peak, self.live)
+
+    def opened(self) -> Callable[[], None]:
+        """Count one connection opened; return the callable that counts it closed (once)."""
+        self.add()
+        done: list[bool] = []
+
+        def release() -> None:
+            with self._lock:
+                if not done:
+                    done.append(True)
+                    self.live -= 1
+
+        return release
+
+
+def _track(conn: Any, counter: Counter) -> Callable[[], None]:
+    """Count `conn` as open until it is closed or garbage-collected."""
+    release = counter.opened()
+    weakref.finalize(conn, release)
+    return release
 
 
 def counting_factory(counter: Counter) -> type[psycopg2.extensions.connection]:
-    """A psycopg2 ``connection_factory`` that counts each connect and sets autocommit."""
+    """A psycopg2 ``connection_factory`` that counts each connection (open and closed) and
+    sets autocommit."""
 
     class CountingConnection(psycopg2.extensions.connection):
         def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
             super().__init__(dsn, *args, **kwargs)
             self.autocommit = True  # a local flag on a fresh connection: no round trip
-            counter.add()
+            self._bench_release = _track(self, counter)
+
+        def close(self) -> None:
+            super().close()
+            self._bench_release()
 
     return CountingConnection
 
 
 def counting_psycopg3_class(counter: Counter) -> type[Any]:
-    """A psycopg 3 ``connection_class`` that counts each connect."""
+    """A psycopg 3 ``connection_class`` that counts each connection (open and closed)."""
     import psycopg
 
     class CountingConnection(psycopg.Connection[Any]):
+        _bench_release: Callable[[], None] | None = None
+
         @classmethod
         def connect(cls, *args: Any, **kwargs: Any) -> Any:
             conn = super().connect(*args, **kwargs)
-            counter.add()
+            conn._bench_release = _track(conn, counter)
             return conn
+
+        def close(self) -> None:
+            super().close()
+            if self._bench_release is not None:
+                self._bench_release()
 
     return CountingConnection
 
@@ -94,8 +148,10 @@ class PoolConfig:
     maxconn: int
     # Extra keyword arguments for pgpool (e.g. max_idle, maintenance_interval) ...
     pgpool_options: dict[str, Any] = field(default_factory=dict)
-    # ... and for psycopg_pool when a scenario sets the same knob on it (e.g. max_idle).
+    # ... and for psycopg_pool when a scenario sets the same knob on it (e.g. max_idle),
     psycopg_pool_options: dict[str, Any] = field(default_factory=dict)
+    # ... and for psycopg2-pool (its knob for that is idle_timeout).
+    psycopg2_pool_options: dict[str, Any] = field(default_factory=dict)
     # Whether psycopg2.pool gets its retry loop (threads > 1); one thread never exhausts it.
     retry: bool = True
 
@@ -169,6 +225,41 @@ def _build_pgpool(threaded: bool) -> Callable[[PoolConfig], Handle]:
 # -- psycopg2.pool --------------------------------------------------------------------
 
 
+def retrying(
+    getconn: Callable[[], Any],
+    error: type[Exception],
+    closed: Callable[[], bool],
+    inside: list[None],
+) -> Callable[[], Any]:
+    """The retry loop a pool that raises when exhausted forces on its users.
+
+    Try once; on `error` sleep `RETRY_SLEEP` and try again, up to `RETRY_DEADLINE`
+    (unless the pool was closed). `inside` gets one entry per thread in the loop: a free,
+    lock-less "waiting" gauge (list.append and list.pop are atomic).
+    """
+
+    def get() -> Any:
+        inside.append(None)
+        try:
+            try:
+                return getconn()
+            except error:
+                if closed():
+                    raise
+            deadline = time.monotonic() + RETRY_DEADLINE
+            while True:
+                time.sleep(RETRY_SLEEP)
+                try:
+                    return getconn()
+                except error:
+                    if closed() or time.monotonic() > deadline:
+                        raise
+        finally:
+            inside.pop()
+
+    return get
+
+
 def _build_psycopg2(threaded: bool) -> Callable[[PoolConfig], Handle]:
     def build(cfg: PoolConfig) -> Handle:
         counter = Counter()
@@ -185,30 +276,52 @@ def _build_psycopg2(threaded: bool) -> Callable[[PoolConfig], Handle]:
 
         if not (threaded and cfg.retry):
             return Handle(pool.getconn, pool.putconn, pool.closeall, counter, state)
-
-        getconn = pool.getconn
-
-        def get() -> Any:
-            """The retry loop psycopg2.pool forces on its users: it raises when exhausted."""
-            inside.append(None)  # list.append/pop are atomic: a free, lock-less gauge
-            try:
-                try:
-                    return getconn()
-                except psycopg2.pool.PoolError:
-                    if pool.closed:
-                        raise
-                deadline = time.monotonic() + RETRY_DEADLINE
-                while True:
-                    time.sleep(RETRY_SLEEP)
-                    try:
-                        return getconn()
-                    except psycopg2.pool.PoolError:
-                        if pool.closed or time.monotonic() > deadline:
-                            raise
-            finally:
-                inside.pop()
-
+        get = retrying(pool.getconn, psycopg2.pool.PoolError, lambda: bool(pool.closed), inside)
         return Handle(get, pool.putconn, pool.closeall, counter, state)
+
+    return build
+
+
+# -- psycopg2-pool (PyPI) -------------------------------------------------------------
+
+
+def _build_psycopg2_pool(threaded: bool) -> Callable[[PoolConfig], Handle]:
+    """psycopg2-pool's ThreadSafeConnectionPool (an RLock around each call) or its
+    unlocked ConnectionPool. Keyword arguments only; `idle_timeout` stays at its default
+    (600 s) unless a scenario sets it. It has no close-everything call: `clear()` closes
+    the idle connections, and the in-use ones are closed by hand."""
+
+    def build(cfg: PoolConfig) -> Handle:
+        import psycopg2_pool
+
+        counter = Counter()
+        cls = psycopg2_pool.ThreadSafeConnectionPool if threaded else psycopg2_pool.ConnectionPool
+        pool: Any = cls(
+            minconn=cfg.minconn,
+            maxconn=cfg.maxconn,
+            dsn=cfg.dsn,
+            connection_factory=counting_factory(counter),
+            **cfg.psycopg2_pool_options,
+        )
+        inside: list[None] = []
+        closed: list[bool] = []
+
+        def state() -> State:
+            idle = len(pool.idle_connections)
+            # In use: what it counts (fresh connections) is not all that is out, see the
+            # module's note; the counter's live figure is exact.
+            return State(idle=idle, in_use=max(0, counter.live - idle), waiting=len(inside))
+
+        def close() -> None:
+            closed.append(True)
+            pool.clear()
+            for conn in list(pool.connections_in_use):
+                conn.close()
+
+        get = pool.getconn
+        if threaded and cfg.retry:
+            get = retrying(pool.getconn, psycopg2_pool.PoolError, lambda: bool(closed), inside)
+        return Handle(get, pool.putconn, close, counter, state)
 
     return build
 
@@ -334,10 +447,32 @@ CONTENDERS: list[Contender] = [
         False,
         "psycopg2",
         _build_psycopg2(True),
-        note="raises when exhausted: wrapped in a retry loop (sleep 1 ms, retry)",
+        note="psycopg2.pool.ThreadedConnectionPool; raises when exhausted: wrapped in a retry "
+        "loop (sleep 1 ms, retry)",
     ),
     Contender(
         "psycopg2-simple", "psycopg2 Simple", False, False, "psycopg2", _build_psycopg2(False)
+    ),
+    Contender(
+        "psycopg2-pool-ts",
+        "psycopg2-pool TS",
+        True,
+        False,
+        "psycopg2",
+        _build_psycopg2_pool(True),
+        requires="psycopg2_pool",
+        note="PyPI psycopg2-pool's ThreadSafeConnectionPool; raises when exhausted: wrapped in "
+        "the same retry loop; does not enforce maxconn (see the sessions column)",
+    ),
+    Contender(
+        "psycopg2-pool",
+        "psycopg2-pool",
+        False,
+        False,
+        "psycopg2",
+        _build_psycopg2_pool(False),
+        requires="psycopg2_pool",
+        note="PyPI psycopg2-pool's ConnectionPool: no lock, one thread only",
     ),
     Contender(
         "psycopg_pool",
@@ -351,46 +486,46 @@ CONTENDERS: list[Contender] = [
     ),
     Contender(
         "sqlalchemy",
-        "SQLAlchemy QueuePool",
+        "SQLAlchemy",
         True,
         False,
         "psycopg2",
         _build_sqlalchemy,
         requires="sqlalchemy",
-        note="pool_size=min, max_overflow=max-min",
+        note="QueuePool: pool_size=min, max_overflow=max-min",
     ),
     Contender(
         "dbutils",
-        "DBUtils PooledDB",
+        "DBUtils",
         True,
         False,
         "psycopg2",
         _build_dbutils,
         requires="dbutils",
-        note="mincached=min, maxconnections=max, blocking",
+        note="PooledDB: mincached=min, maxconnections=max, blocking",
     ),
     Contender(
         "raw-psycopg2",
-        "raw psycopg2 (floor)",
+        "raw psycopg2",
         False,
         True,
         "psycopg2",
         _build_raw_psycopg2,
-        note="one connection reused: no pool at all",
+        note="the floor: one connection reused, no pool at all",
     ),
     Contender(
         "raw-psycopg3",
-        "raw psycopg 3 (floor)",
+        "raw psycopg 3",
         False,
         True,
         "psycopg 3",
         _build_raw_psycopg3,
         requires="psycopg",
-        note="psycopg_pool's floor",
+        note="psycopg_pool's floor: one psycopg 3 connection reused",
     ),
     Contender(
         "connect-per-request",
-        "new connection per request",
+        "connect per request",
         True,
         True,
         "psycopg2",
