@@ -32,11 +32,15 @@ from benchmarks.common import (
     Table,
     fmt,
     fmt_ratio,
-    fmt_spread,
+    fmt_sessions,
     opened,
     run_threads,
+    sessions,
+    sessions_note,
+    spread_column,
+    spread_note,
 )
-from benchmarks.stats import Summary, ratio, summarize
+from benchmarks.stats import ratio, summarize
 
 NAME = "churn"
 TITLE = "Churn: the seed's pool (1, 3), 3 threads, 0.2 ms think time"
@@ -58,7 +62,7 @@ def _runs() -> list[tuple[str, str, cs.Contender, int]]:
     """(row key, label, contender, minconn) for each row of the table."""
     rows = [(c.key, c.label, c, MINCONN) for c in cs.select(threaded=True, reference=False)]
     base = cs.BY_KEY[cs.BASELINE]
-    rows.append((WORKAROUND, f"{base.label} (3, 3)", base, MAXCONN))
+    rows.append((WORKAROUND, "psycopg2 (3, 3)", base, MAXCONN))
     return rows
 
 
@@ -132,6 +136,7 @@ def run(ctx: Context) -> dict[str, Any]:
                     "maintenance_interval": MAINTENANCE_INTERVAL,
                 },
                 psycopg_pool_options={"max_idle": MAX_IDLE},
+                psycopg2_pool_options={"idle_timeout": MAX_IDLE},
             )
             with opened(c, cfg) as handle:
                 sampler = Sampler(handle).start() if handle.state is not None else None
@@ -162,6 +167,7 @@ def run(ctx: Context) -> dict[str, Any]:
                         "requests": requests,
                         "reconnects": reconnects,
                         "opened_total": handle.opened.value,
+                        "sessions": handle.opened.peak,
                         "size_at_stop": size_after,
                         "shrink_s": shrink_s,
                         "watched": watched,
@@ -204,6 +210,7 @@ def _analyse(per_rep: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             ),
             "shrink_s": min(shrink) if shrink else None,
             "shrink_watched": any(r["watched"] for r in reps),
+            "sessions": sessions([r["sessions"] for r in reps], MAXCONN),
             "per_rep": reps,
         }
     base = rows.get(cs.BASELINE)
@@ -216,31 +223,25 @@ def _analyse(per_rep: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> list[Table]:
     st = result["settings"]
-    cols = [
-        "contender",
-        "queries/s",
-        "vs psycopg2 Threaded",
-        "connects during steady load",
-        "per 1000 requests",
-        "size when load stops",
-        "back to minconn after",
-    ]
-    rows = []
-    for key, row in result["rows"].items():
-        q = Summary.from_dict(row["qps"])
+    cols = ["contender", "sessions", "queries/s", "vs psycopg2", "connects/1k", "size"]
+    cols.append("back to min")
+    rows = result["rows"]
+    qps = spread_column(rows, "qps", 0)
+    table_rows = []
+    for key, row in rows.items():
         shrink = row["shrink_s"]
         if shrink is not None:
             shrink_cell = f"{shrink:.2f} s"
         elif row["shrink_watched"]:
-            shrink_cell = f"not within {st['observe_s']:g} s"
+            shrink_cell = f"not in {st['observe_s']:g} s"
         else:
             shrink_cell = "-"
-        rows.append(
+        table_rows.append(
             [
                 result["labels"][key],
-                fmt_spread(q.median, q.p25, q.p75, 0),
+                fmt_sessions(row.get("sessions")),
+                qps[key],
                 fmt_ratio(row["qps_vs_baseline"]),
-                fmt(row["reconnects"]["median"], 0),
                 fmt(row["reconnects_per_1k"]["median"], 0),
                 "-" if row["size_at_stop"] is None else str(row["size_at_stop"]),
                 shrink_cell,
@@ -248,11 +249,16 @@ def tables(result: dict[str, Any]) -> list[Table]:
         )
     notes = [
         f"pool (min {st['minconn']}, max {st['maxconn']}), {st['threads']} threads, "
-        f"{st['think_ms']:g} ms think time; median of {st['repetitions']} repetitions of "
-        f"{st['seconds']:g} s after a {st['warmup_s']:g} s warm-up",
-        f"pgpool and psycopg_pool: max_idle = {st['max_idle']:g} s; pgpool maintenance every "
-        f"{st['maintenance_interval']:g} s; the shrink is watched for {st['observe_s']:g} s",
+        f"{st['think_ms']:g} ms think time, {st['warmup_s']:g} s warm-up; "
+        + spread_note(st["repetitions"], f"repetitions of {st['seconds']:g} s"),
+        "vs psycopg2: ratio of the q/s medians; connects/1k: connections opened per 1000 "
+        "requests of steady load (median); size: connections when the load stops",
+        f"max_idle = {st['max_idle']:g} s for pgpool and psycopg_pool, idle_timeout = "
+        f"{st['max_idle']:g} s for psycopg2-pool (it reaps only inside putconn); pgpool's "
+        f"maintenance every {st['maintenance_interval']:g} s; the shrink is watched for "
+        f"{st['observe_s']:g} s",
         "DBUtils keeps every connection (maxcached unlimited by default); SQLAlchemy closes "
         "overflow connections on return, like psycopg2",
+        sessions_note(st["maxconn"], rows),
     ]
-    return [Table(f"churn: {TITLE.split(': ', 1)[1]}", cols, rows, notes)]
+    return [Table(f"churn: {TITLE.split(': ', 1)[1]}", cols, table_rows, notes)]

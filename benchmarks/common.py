@@ -7,12 +7,13 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.contenders import Contender, Handle, PoolConfig
+from benchmarks.stats import Summary
 
 
 @dataclass
@@ -200,7 +201,90 @@ def fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def fmt_spread(median: float, p25: float, p75: float, digits: int = 1) -> str:
-    """``median ±half-IQR``: the middle value and how much repetitions moved around it."""
-    half = (p75 - p25) / 2
-    return f"{median:,.{digits}f} ±{half:,.{digits}f}"
+# -- honest cells: a median with its spread, marked when it cannot be trusted ----------
+
+ONCE = "(n=1)"  # suffix of a cell measured only once: it has no spread to show
+NOISY = "~"  # suffix of a cell whose spread exceeds its gap to the nearest other median
+
+
+def noisy(summaries: Mapping[str, Summary]) -> set[str]:
+    """Keys whose spread (half the interquartile range, the "±" shown) is larger than the
+    distance from their median to the nearest other median: their rank is not established.
+    A cell measured once is not in this set: it is marked `ONCE` instead."""
+    out = set()
+    for key, s in summaries.items():
+        if s.n < 2:
+            continue
+        gaps = [abs(s.median - o.median) for k, o in summaries.items() if k != key]
+        if gaps and (s.p75 - s.p25) / 2 > min(gaps):
+            out.add(key)
+    return out
+
+
+def fmt_spread(s: Summary, digits: int = 1, scale: float = 1.0, is_noisy: bool = False) -> str:
+    """``median ±half-IQR``: the middle value and how much repetitions moved around it.
+
+    Never ``±0`` for want of data: a single measurement is shown as ``median (n=1)``, and a
+    spread too small for `digits` keeps two significant figures. `is_noisy` appends `NOISY`.
+    """
+    median = s.median * scale
+    if s.n < 2:
+        return f"{median:,.{digits}f} {ONCE}"
+    half = (s.p75 - s.p25) / 2 * scale
+    spread = f"{half:,.{digits}f}"
+    if half > 0 and float(spread.replace(",", "")) == 0:
+        spread = f"{half:.2g}"
+    return f"{median:,.{digits}f} ±{spread}{NOISY if is_noisy else ''}"
+
+
+def spread_column(
+    rows: Mapping[str, Mapping[str, Any]], metric: str, digits: int = 1, scale: float = 1.0
+) -> dict[str, str]:
+    """One table column: each row's `metric` (a Summary dict) as `fmt_spread`, the cells
+    whose order against their nearest neighbour is not established marked `NOISY`."""
+    summaries = {key: Summary.from_dict(row[metric]) for key, row in rows.items()}
+    shaky = noisy(summaries)
+    return {key: fmt_spread(s, digits, scale, key in shaky) for key, s in summaries.items()}
+
+
+def spread_note(repetitions: int, what: str = "repetitions") -> str:
+    """The legend of `fmt_spread` cells, with the number of repetitions behind them."""
+    if repetitions < 2:
+        return f"measured once {ONCE}: no spread, so no order between close values is established"
+    return (
+        f"median of {repetitions} {what} ± half the interquartile range; "
+        f"{NOISY} = the spread exceeds the gap to the nearest other median (order not established)"
+    )
+
+
+# -- sessions: connections open at once, against the configured maximum ----------------
+
+
+def sessions(counts: Sequence[int], maxconn: int) -> dict[str, Any]:
+    """Peak sessions over repetitions, and whether they exceeded the configured maximum."""
+    peak = max(counts) if counts else 0
+    return {"peak": peak, "maxconn": maxconn, "over": peak > maxconn}
+
+
+def fmt_sessions(info: Mapping[str, Any] | None) -> str:
+    if info is None:
+        return "-"
+    if info["over"]:
+        return f"{info['peak']} (>{info['maxconn']})"
+    return str(info["peak"])
+
+
+def over_maxconn(rows: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """Keys of the rows whose contender opened more sessions than the configured maximum."""
+    return {key for key, row in rows.items() if row.get("sessions", {}).get("over")}
+
+
+def sessions_note(maxconn: int, rows: Mapping[str, Mapping[str, Any]]) -> str:
+    over = over_maxconn(rows)
+    text = f"sessions: most connections open at once (configured maximum {maxconn})"
+    if over:
+        text += (
+            f"; (>{maxconn}) = exceeded it: faster for it, so never the best other pool "
+            "a goal is judged against"
+        )
+    return text

@@ -35,12 +35,16 @@ from benchmarks.common import (
     Table,
     fmt,
     fmt_ratio,
-    fmt_spread,
+    fmt_sessions,
     opened,
     run_threads,
     same_cpu,
+    sessions,
+    sessions_note,
+    spread_column,
+    spread_note,
 )
-from benchmarks.stats import Summary, cdf_points, fairness, percentiles, ratio, summarize
+from benchmarks.stats import cdf_points, fairness, percentiles, ratio, summarize
 
 NAME = "contention"
 TITLE = "Contention: 16 threads share 4 connections"
@@ -152,11 +156,12 @@ def _run_variant(
             with opened(c, cfg) as handle:
                 load(handle, sql, THREADS, warmup)
                 counts, waits, elapsed = load(handle, sql, THREADS, duration)
+                peak = handle.opened.peak
             flat = [w for thread in waits for w in thread]
             all_waits[c.key].extend(flat)
-            per_rep[c.key].append(_measure(counts, flat, elapsed))
+            per_rep[c.key].append({**_measure(counts, flat, elapsed), "sessions": peak})
             ctx.advance(f"contention / {VARIANT_TITLES[variant]} / {c.key}")
-    return _analyse(chosen, per_rep, all_waits)
+    return _analyse(chosen, per_rep, all_waits, cfg.maxconn)
 
 
 def _measure(counts: list[int], waits: list[float], elapsed: float) -> dict[str, Any]:
@@ -181,12 +186,14 @@ def _analyse(
     chosen: list[cs.Contender],
     per_rep: dict[str, list[dict[str, Any]]],
     all_waits: dict[str, list[float]],
+    maxconn: int,
 ) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for c in chosen:
         reps = per_rep[c.key]
         row: dict[str, Any] = {m: summarize(r[m] for r in reps).to_dict() for m in METRICS}
         row["counts"] = [r["counts"] for r in reps]
+        row["sessions"] = sessions([r["sessions"] for r in reps], maxconn)
         xs, ys = cdf_points(w * 1e3 for w in all_waits[c.key])
         row["wait_cdf_ms"] = {"x": xs, "y": ys, "n": len(all_waits[c.key])}
         rows[c.key] = row
@@ -207,40 +214,34 @@ def tables(result: dict[str, Any]) -> list[Table]:
             f"contention: {st['threads']} threads / {st['connections']} connections, "
             f"{VARIANT_TITLES[variant]}"
         )
-        cols = [
-            "contender",
-            "queries/s",
-            "vs psycopg2 Threaded",
-            "wait p50 ms",
-            "wait p99 ms",
-            "wait max ms",
-            "fairness min/max",
-            "fairness CV",
+        cols = ["contender", "sessions", "queries/s", "vs psycopg2", "p99 ms", "max wait ms"]
+        cols.append("fair")
+        rows = data["rows"]
+        qps = spread_column(rows, "qps", 0)
+        top = spread_column(rows, "wait_max_ms", 1)
+        table_rows = [
+            [
+                labels[key],
+                fmt_sessions(row.get("sessions")),
+                qps[key],
+                fmt_ratio(row["qps_vs_baseline"]),
+                fmt(row["wait_p99_ms"]["median"], 2),
+                top[key],
+                fmt(row["fair_min_max"]["median"], 2),
+            ]
+            for key, row in rows.items()
         ]
-        rows = []
-        for key, row in data["rows"].items():
-            q = Summary.from_dict(row["qps"])
-            rows.append(
-                [
-                    labels[key],
-                    fmt_spread(q.median, q.p25, q.p75, 0),
-                    fmt_ratio(row["qps_vs_baseline"]),
-                    fmt(row["wait_p50_ms"]["median"], 2),
-                    fmt(row["wait_p99_ms"]["median"], 2),
-                    fmt(row["wait_max_ms"]["median"], 1),
-                    fmt(row["fair_min_max"]["median"], 2),
-                    fmt(row["fair_cv"]["median"], 2),
-                ]
-            )
         notes = [
-            f"median of {st['repetitions']} repetitions of {st['seconds']:g} s each; "
-            "fairness: completed requests per thread, min/max 1.0 = even, CV 0.0 = even",
-            "psycopg2 Threaded raises when exhausted: it runs inside a retry loop "
-            "(sleep 1 ms, retry), as its users must write",
-            f"a max wait close to {st['seconds']:g} s (the length of a run) means a thread got "
-            "no connection for the whole run: it starved",
+            spread_note(st["repetitions"], f"repetitions of {st['seconds']:g} s"),
+            "vs psycopg2: ratio of the two q/s medians; p99 and max wait: checkout waits, "
+            "max wait = median of each repetition's maximum",
+            "fair: least / most requests completed by one thread (median; 1.0 = even, "
+            "0.00 = a thread starved)",
+            "psycopg2 and psycopg2-pool raise when exhausted: they run inside a retry loop "
+            "(sleep 1 ms, retry), as their users must write",
+            sessions_note(st["connections"], rows),
         ]
         if "placement" in data:
             notes.append(f"placement: {data['placement']} (a diagnostic run, not a goal)")
-        out.append(Table(title, cols, rows, notes))
+        out.append(Table(title, cols, table_rows, notes))
     return out

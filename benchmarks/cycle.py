@@ -31,10 +31,14 @@ from benchmarks.common import (
     Table,
     fmt,
     fmt_ratio,
-    fmt_spread,
+    fmt_sessions,
     no_gc,
     opened,
     same_cpu,
+    sessions,
+    sessions_note,
+    spread_column,
+    spread_note,
 )
 from benchmarks.stats import Summary, summarize
 
@@ -105,6 +109,7 @@ def _run_variant(ctx: Context, variant: str, sql: str | None) -> dict[str, Any]:
     chosen = _contenders(variant)
     rounds, reps, n = _sizes(ctx.quick)[variant]
     samples: dict[str, list[float]] = {c.key: [] for c in chosen}
+    peaks: dict[str, list[int]] = {c.key: [] for c in chosen}
     for _round in range(rounds):
         with ExitStack() as stack:
             handles = {c.key: stack.enter_context(opened(c, cfg)) for c in chosen}
@@ -116,8 +121,12 @@ def _run_variant(ctx: Context, variant: str, sql: str | None) -> dict[str, Any]:
                     shift = rep % len(order)  # rotate who goes first
                     for key, handle in order[shift:] + order[:shift]:
                         samples[key].append(_time_cycles(handle, n, sql))
+            for key, handle in handles.items():
+                peaks[key].append(handle.opened.peak)
         ctx.advance(f"cycle / {VARIANT_TITLES[variant]}")
     result = _analyse(chosen, samples, variant)
+    for key, row in result["rows"].items():
+        row["sessions"] = sessions(peaks[key], MAXCONN)
     result.update(cycles=n, repetitions=rounds * reps, rounds=rounds)
     return result
 
@@ -157,14 +166,14 @@ def tables(result: dict[str, Any]) -> list[Table]:
     labels = result["labels"]
     for variant, data in result["variants"].items():
         title = f"cycle: checkout + return, {VARIANT_TITLES[variant]} (us per cycle)"
-        cols = ["contender", "us / cycle", "vs psycopg2 Threaded"]
+        cols = ["contender", "sessions", "us / cycle", "paired ratio"]
         if variant == "select1":
-            cols += ["overhead above floor"]
-        rows = []
-        for key, row in data["rows"].items():
-            s = Summary.from_dict(row["us"])
-            digits = 2 if variant == "noop" else 1
-            cells = [labels[key], fmt_spread(s.median, s.p25, s.p75, digits)]
+            cols += ["above the floor"]
+        rows = data["rows"]
+        us = spread_column(rows, "us", 2 if variant == "noop" else 1)
+        table_rows = []
+        for key, row in rows.items():
+            cells = [labels[key], fmt_sessions(row.get("sessions")), us[key]]
             cells.append(fmt_ratio(row["vs_baseline"]))
             if variant == "select1":
                 if "overhead_us" in row:
@@ -172,15 +181,16 @@ def tables(result: dict[str, Any]) -> list[Table]:
                     cells.append(over)
                 else:
                     cells.append("(floor)" if key in FLOORS.values() else "-")
-            rows.append(cells)
+            table_rows.append(cells)
         rounds = data.get("rounds", 1)
         fresh = f" (in {rounds} rounds of fresh pools)" if rounds > 1 else ""
         notes = [
-            f"median of {data['repetitions']} repetitions x {data['cycles']:,} cycles{fresh}, "
-            "± half the interquartile range; lower is better",
-            "ratios and overheads are medians of per-repetition comparisons (contenders take "
-            "turns within each repetition)",
+            spread_note(data["repetitions"], f"repetitions x {data['cycles']:,} cycles{fresh}")
+            + "; lower is better",
+            "paired ratio: the median of per-repetition ratios to psycopg2 Threaded (timed "
+            "moments apart), not the ratio of the two medians shown; same for the overhead",
+            sessions_note(result["settings"]["maxconn"], rows),
             f"placement: {result['settings'].get('placement', '-')}",
         ]
-        out.append(Table(title, cols, rows, notes))
+        out.append(Table(title, cols, table_rows, notes))
     return out

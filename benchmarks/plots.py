@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # before pyplot: headless, deterministic, thread-free
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 COLORS = {
     "pgpool-threaded": "#1f5fbf",
@@ -24,6 +25,8 @@ COLORS = {
     "psycopg2-threaded": "#d9534f",
     "psycopg2-simple": "#f0a09e",
     "psycopg2-threaded-3-3": "#a33a36",
+    "psycopg2-pool-ts": "#17a2b8",
+    "psycopg2-pool": "#8fd3de",
     "psycopg_pool": "#5cb85c",
     "sqlalchemy": "#9b59b6",
     "dbutils": "#f0ad4e",
@@ -45,6 +48,33 @@ def _color(key: str) -> str:
     return COLORS.get(key, "#777777")
 
 
+def plain(value: float) -> str:
+    """A value label without scientific notation: 27,480 / 21.7 / 0.95."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _plain_axis(ax: Axes, axis: str = "x") -> None:
+    """Plain tick labels (1,000 not 1e3 or 10^3); on a log axis major ticks only, so the
+    minor ones cannot crowd into each other."""
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    if target.get_scale() == "log":
+        target.set_major_locator(LogLocator(base=10, numticks=8))
+        target.set_minor_formatter(NullFormatter())
+    target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,g}"))
+
+
+def _over_label(row: dict[str, Any]) -> str:
+    """The line added under a contender's name when it exceeded maxconn."""
+    info = row.get("sessions") or {}
+    if not info.get("over"):
+        return ""
+    return f"\n({info['peak']} sessions > max {info['maxconn']})"
+
+
 def _bars(
     ax: Axes,
     rows: dict[str, Any],
@@ -55,14 +85,20 @@ def _bars(
     xlabel: str = "",
     title: str = "",
     log: bool = False,
+    integer: bool = False,
 ) -> None:
-    """Horizontal bars of `metric` (a Summary dict per row) with p25-p75 error bars."""
+    """Horizontal bars of `metric` (a Summary dict per row) with p25-p75 error bars.
+
+    The value label sits past the end of the error bar, never on it; a contender that
+    exceeded maxconn gets a hatched bar and says so under its name.
+    """
     keys = list(rows)
     med = [rows[k][metric]["median"] * scale for k in keys]
+    p75 = [rows[k][metric]["p75"] * scale for k in keys]
     low = [max(0.0, m - rows[k][metric]["p25"] * scale) for k, m in zip(keys, med, strict=True)]
-    high = [max(0.0, rows[k][metric]["p75"] * scale - m) for k, m in zip(keys, med, strict=True)]
+    high = [max(0.0, top - m) for top, m in zip(p75, med, strict=True)]
     y = list(range(len(keys)))
-    ax.barh(
+    bars = ax.barh(
         y,
         med,
         xerr=[low, high],
@@ -70,22 +106,37 @@ def _bars(
         capsize=3,
         error_kw={"elinewidth": 1, "ecolor": "#222222"},
     )
-    ax.set_yticks(y, [labels.get(k, k) for k in keys])
+    for bar, key in zip(bars, keys, strict=True):
+        if _over_label(rows[key]):
+            bar.set_hatch("//")
+            bar.set_edgecolor("#333333")
+    ax.set_yticks(y, [labels.get(k, k) + _over_label(rows[k]) for k in keys])
     ax.invert_yaxis()  # first row on top, like the tables
     if log:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    for yi, m in zip(y, med, strict=True):
+    ends = [max(m, top) for m, top in zip(med, p75, strict=True)]
+    for yi, m, end in zip(y, med, ends, strict=True):
         ax.annotate(
-            f" {m:,.3g}",
-            (m, yi),
+            f"{m:,.0f}" if integer else plain(m),
+            (end, yi),
             va="center",
             fontsize=7,
-            xytext=(2, 0),
+            xytext=(4, 0),
             textcoords="offset points",
         )
+    # Room on the right for the labels past the longest bar.
+    right = max(ends, default=1.0) or 1.0
+    if log:
+        lowest = min((m for m in med if m > 0), default=right)
+        ax.set_xlim(left=lowest / 2, right=right * 4)
+    else:
+        ax.set_xlim(left=0, right=right * 1.18)
+    if integer:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _plain_axis(ax)
 
 
 def _timelines(
@@ -118,6 +169,8 @@ def _timelines(
         right.set_ylim(bottom=0, top=max(1, max(tl[field], default=0)) * 1.1)
         right.set_ylabel("opened")
         ax.set_ylim(bottom=0)
+        for axis in (ax.yaxis, right.yaxis):  # counts of connections: whole numbers
+            axis.set_major_locator(MaxNLocator(integer=True))
         for mark in tl["marks"]:
             ax.axvline(mark["t"] * 1e3, color="#888888", linestyle=":", linewidth=0.8)
             ax.annotate(
@@ -213,11 +266,13 @@ def _contention(res: dict[str, Any]) -> list[tuple[str, Figure]]:
             ax.set_xscale("log")
             ax.set_xlabel("checkout wait (ms, log)")
             ax.grid(alpha=0.3)
+            _plain_axis(ax)
         top.set_title(titles[variant], fontsize=10)
         top.set_ylabel("fraction of checkouts (CDF)")
         top.legend(fontsize=8, loc="lower right")
         bottom.set_yscale("log")
         bottom.set_ylabel("fraction waiting at least x (log)")
+        _plain_axis(bottom, "y")
     cdf.suptitle(
         "contention: checkout waits. Top: most checkouts (left is better); "
         "bottom: the tail (a line reaching far right = a thread starved)"
@@ -272,6 +327,7 @@ def _spike(res: dict[str, Any]) -> list[tuple[str, Figure]]:
         "opened_after_settle",
         xlabel="connections (lower is better)",
         title="connections opened",
+        integer=True,
     )
     st = res["settings"]
     fig.suptitle(
@@ -318,6 +374,9 @@ def _scale(res: dict[str, Any]) -> list[tuple[str, Figure]]:
                 capsize=2,
             )
         ax.set_xscale("log")
+        points = [int(x) for x in next(iter(data.values()))["ns"]] if data else []
+        ax.set_xticks(points, [str(x) for x in points])  # the sizes measured, plainly
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(bottom=0)
         ax.set_xlabel(f"{xlabel} (log)")
         ax.set_ylabel("us per checkout + return")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -21,16 +22,24 @@ VERDICT_STYLE = {"MET": "bold green", "MISSED": "bold red", "NOT RUN": "yellow"}
 # -- console --------------------------------------------------------------------------
 
 
-def print_table(console: Console, table: Table) -> None:
+def rich_table(table: Table) -> RichTable:
+    """The console form of a result table (pgpool's rows in bold)."""
     rich = RichTable(title=table.title, title_justify="left", title_style="bold")
     for i, col in enumerate(table.columns):
-        rich.add_column(col, justify="left" if i == 0 else "right")
+        rich.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
     for row in table.rows:
         style = "bold" if row and row[0].startswith("pgpool") else None
         rich.add_row(*row, style=style)
-    console.print(rich)
+    return rich
+
+
+def print_table(console: Console, table: Table) -> None:
+    console.print(rich_table(table))
+    width = min(console.width, 100) - 1
     for note in table.notes:
-        console.print(f"  [dim]{note}[/dim]")
+        # Wrapped here, with an indent, rather than by the terminal at its edge.
+        text = textwrap.fill(note, width, initial_indent="  ", subsequent_indent="    ")
+        console.print(text, style="dim", markup=False, highlight=False)
     console.print()
 
 
@@ -92,9 +101,11 @@ def _meta_md(meta: dict[str, Any]) -> str:
     m = meta["machine"]
     v = meta["versions"]
     server = meta["server"]
+    durations = meta.get("durations_s") or {}
+    took = ", ".join(f"{name} {sec:.0f} s" for name, sec in durations.items())
     lines = [
         f"- run: {meta['started']} ({'quick' if meta['quick'] else 'full'} run, "
-        f"{meta['duration_s']:.0f} s)",
+        f"{meta['duration_s']:.0f} s in all{': ' + took if took else ''})",
         f"- machine: {m['platform']}, {m['cpu_count']} CPUs, {m.get('cpu_model') or '?'}, "
         f"Python {m['python']} ({m['implementation']})",
         f"- server: PostgreSQL {server['version']} ({server['where']}), {server['dsn']}",
@@ -119,15 +130,30 @@ def _contenders_md() -> str:
 METHOD = """\
 - Every contender talks to the same server with the same DSN, autocommit on, and the same
   minimum / maximum size; everything else is the library's default unless a scenario says
-  otherwise. Connections opened are counted the same way for everyone: a psycopg2
-  `connection_factory` subclass (psycopg 3: a `connection_class` subclass) bumps a counter.
-- Each measurement is preceded by a warm-up and repeated; the tables show the **median**
-  over repetitions and, after ±, half the interquartile range. Contenders take turns
-  within each repetition, so a slow moment of the machine hits everyone alike.
-- Ratios ("vs psycopg2 Threaded") compare with psycopg2's ThreadedConnectionPool
-  measured in the same run, never with stored numbers.
-- Single-thread pools (pgpool's and psycopg2's SimpleConnectionPool) only appear in
-  single-thread scenarios.
+  otherwise. Connections are counted the same way for everyone: a psycopg2
+  `connection_factory` subclass (psycopg 3: a `connection_class` subclass) counts each one
+  when it opens and when it closes (or is garbage-collected).
+- **sessions** is the most connections a contender had open at once, exact (the peak is
+  updated at each connect), not sampled. A contender that exceeds the configured maximum
+  is marked `(>max)` and is never the "best other pool" a goal or the headline compares
+  with: psycopg2-pool does not count connections taken from its idle deque, so under
+  contention it opens more than it was allowed.
+- Each measurement is preceded by a warm-up and repeated; cells show the **median** over
+  repetitions ± half the interquartile range, and every table says how many repetitions.
+  A cell measured once is marked `(n=1)` (never `±0`); a cell whose spread is larger than
+  the gap to the nearest other median is marked `~`: its rank is not established.
+  Contenders take turns within each repetition, so a slow moment of the machine hits
+  everyone alike.
+- A ratio next to two medians is the ratio of those medians; the cycle scenario's "paired
+  ratio" is instead the median of per-repetition ratios (both timed moments apart), and
+  says so. Ratios compare with pools measured in the same run, never with stored numbers.
+- Contention: the max wait judged is the median over repetitions of each repetition's
+  maximum, not one maximum over the whole run; fairness is least / most requests
+  completed by one thread.
+- psycopg2.pool and psycopg2-pool raise when exhausted; their threaded pools run inside
+  the retry loop their users must write (sleep 1 ms, retry). Single-thread pools
+  (pgpool's, psycopg2's SimpleConnectionPool, psycopg2-pool's ConnectionPool) only appear
+  in single-thread scenarios.
 """
 
 

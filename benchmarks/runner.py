@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -46,6 +47,7 @@ from benchmarks.report import markdown_report, print_goals, print_table
 SCENARIOS: list[ModuleType] = [cycle, contention, churn, spike, scale, unpooled]
 BY_NAME = {m.NAME: m for m in SCENARIOS}
 MIN_SERVER_CONNECTIONS = 120  # spike opens up to 50 + the other pools' leftovers
+WIDTH = 100  # columns every table fits in
 
 
 @dataclass(frozen=True)
@@ -141,15 +143,18 @@ def _machine() -> dict[str, Any]:
 def run(options: Options, console: Console | None = None) -> int:
     """Run the benchmark; return 0, 1 if a scenario failed, 2 if the server is unreachable."""
     if console is None:
-        # Piped output (CI logs, tests) gets wide tables instead of rich's 80 columns.
-        wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-        console = Console(width=160 if wide else None)
+        # Every table is laid out to fit 100 columns; piped output (CI logs, tests) gets
+        # exactly that instead of rich's default of 80.
+        piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+        console = Console(width=WIDTH if piped else None)
     modules = select(options.scenarios)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     kind = "quick" if options.quick else "full"
     machine = _machine()  # the load average now, before the run adds its own
+    durations: dict[str, float] = {}
     with server(options.dsn) as (dsn, where, server_pid):
+        durations["server start"] = time.perf_counter() - t0
         try:
             info = _server_info(dsn, where)
         except psycopg2.Error as exc:
@@ -158,7 +163,7 @@ def run(options: Options, console: Console | None = None) -> int:
             return 2
         console.print(
             f"[bold]pgpool bench[/bold]: {kind} run of {len(modules)} scenario(s) on "
-            f"PostgreSQL {info['version']} ({where}: {info['dsn']})"
+            f"PostgreSQL {info['version']}\n  {where}: {info['dsn']}"
         )
         if info["max_connections"] < MIN_SERVER_CONNECTIONS:
             console.print(
@@ -166,10 +171,13 @@ def run(options: Options, console: Console | None = None) -> int:
                 f"connections; the spike scenario needs about {MIN_SERVER_CONNECTIONS}[/yellow]"
             )
         scenarios = _run_scenarios(modules, dsn, server_pid, options.quick, console)
+        stop = time.perf_counter()
+    durations.update({name: res.get("seconds", 0.0) for name, res in scenarios.items()})
     results: dict[str, Any] = {
         "meta": {
             "started": started.isoformat(timespec="seconds"),
-            "duration_s": time.perf_counter() - t0,
+            "duration_s": 0.0,  # set once the plots are drawn, just before writing
+            "durations_s": durations,
             "quick": options.quick,
             "scenarios": [m.NAME for m in modules],
             "machine": {
@@ -188,19 +196,33 @@ def run(options: Options, console: Console | None = None) -> int:
     print_goals(console, goals)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
+    plots_start = time.perf_counter()
     plots = write_plots(scenarios, out / "plots")
+    durations["server stop"] = plots_start - stop
+    durations["plots"] = time.perf_counter() - plots_start
+    # The total the CLI prints and the report states: everything up to here (writing two
+    # text files adds milliseconds).
+    total = results["meta"]["duration_s"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "report.md").write_text(markdown_report(results, modules, goals, plots))
     console.print(
         f"wrote {out / 'results.json'}, {out / 'report.md'} and "
-        f"{sum(len(v) for v in plots.values()) * 2} plots in {out / 'plots'} "
-        f"({time.perf_counter() - t0:.0f} s)"
+        f"{sum(len(v) for v in plots.values()) * 2} plots in {out / 'plots'}"
     )
+    took = f"took {fmt_durations(total, durations)}"
+    took = textwrap.fill(took, WIDTH - 1, subsequent_indent="  ")
+    console.print(took, highlight=False)
     failed = [name for name, res in scenarios.items() if "error" in res]
     if failed:
         console.print(f"[bold red]scenario(s) failed: {', '.join(failed)}[/bold red]")
         return 1
     return 0
+
+
+def fmt_durations(total: float, durations: dict[str, float]) -> str:
+    """``53 s in all: server start 1 s, cycle 9 s, ...``: the measured parts of a run."""
+    parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in durations.items())
+    return f"{total:.0f} s in all: {parts}"
 
 
 def _run_scenarios(
@@ -218,7 +240,9 @@ def _run_scenarios(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console) as progress:
+    # A progress bar only on a terminal: piped, rich would leave its last state behind as
+    # a stale line among the tables. Each scenario says when it starts and how long it took.
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task("starting", total=sum(m.steps(quick) for m in modules))
 
         def advance(description: str) -> None:
@@ -226,6 +250,8 @@ def _run_scenarios(
 
         for module in modules:
             progress.update(task, description=f"{module.NAME}")
+            if not console.is_terminal:
+                console.print(f"{module.NAME}: running ({module.steps(quick)} steps)")
             done_before = progress.tasks[0].completed
             ctx = Context(dsn=dsn, quick=quick, advance=advance, server_pid=server_pid)
             start = time.perf_counter()
@@ -240,6 +266,7 @@ def _run_scenarios(
                 results[module.NAME] = result
                 for table in module.tables(result):
                     print_table(progress.console, table)
+                progress.console.print(f"[dim]{module.NAME} took {result['seconds']:.0f} s[/dim]\n")
             # A failed or short scenario still moves the bar to where it should be.
             expected = done_before + module.steps(quick)
             progress.update(task, completed=expected)

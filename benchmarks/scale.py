@@ -5,9 +5,9 @@ taking the return. If a pool scans a list somewhere, the cost grows with its siz
 big pool gets slower exactly when the application is busiest. To see only the pool's
 own cost, the connections here are *stubs*: tiny fake objects that answer the few calls a
 pool makes (closed, transaction status, rollback...) and never touch a network. pgpool
-gets them through its ``connector=`` option; psycopg2.pool through a subclass that
-overrides ``_connect``; SQLAlchemy and DBUtils through their ``creator``. psycopg_pool only
-accepts real psycopg 3 connections and is left out.
+gets them through its ``connector=`` option; psycopg2.pool and psycopg2-pool through a
+subclass that overrides ``_connect``; SQLAlchemy and DBUtils through their ``creator``.
+psycopg_pool only accepts real psycopg 3 connections and is left out.
 
 Two axes:
 
@@ -18,7 +18,8 @@ Two axes:
   a fixed time; the cost is wall time / total cycles. With the GIL only one thread runs
   at a time, so a flat line means the pool adds no contention cost of its own.
 
-The goal: at maxconn 1000 and at 256 threads, within 1.25x of maxconn 4 / 1 thread.
+The goals: at maxconn 1000 within 1.25x of maxconn 4; at 256 threads, a growth over
+1 thread no larger than SQLAlchemy's QueuePool's (the best peer in past full runs).
 The last row, a bare ``threading.Lock`` around a list, is the floor of every lock-based
 pool: on a multi-core machine CPython makes a contended lock cost a thread switch (the
 waiter sleeps in the kernel, then has to win the GIL back), so even this grows with the
@@ -27,6 +28,7 @@ thread count. A pool's own scaling is best judged against that row.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -37,8 +39,8 @@ import psycopg2.extensions
 import psycopg2.pool
 
 from benchmarks import contenders as cs
-from benchmarks.common import Context, Table, fmt, no_gc, run_threads
-from benchmarks.stats import summarize
+from benchmarks.common import ONCE, Context, Table, fmt, no_gc, run_threads
+from benchmarks.stats import Summary, summarize
 
 NAME = "scale"
 TITLE = "Scale: checkout cost as the pool and the thread count grow (stub connections)"
@@ -94,7 +96,10 @@ class StubConnection:
     InterfaceError = psycopg2.InterfaceError
     InternalError = psycopg2.InternalError
 
+    created = itertools.count()  # next() is atomic in CPython: a lock-free tally
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        next(StubConnection.created)
         self.notices: list[str] = []
         self.notifies: list[Any] = []
 
@@ -145,6 +150,30 @@ class StubSimplePool(_StubConnectMixin, psycopg2.pool.SimpleConnectionPool):
     pass
 
 
+def _created() -> int:
+    """Stub connections created so far (reading the tally moves it on by one)."""
+    return next(StubConnection.created)
+
+
+def _stub_psycopg2_pool(threaded: bool, n: int) -> Any:
+    """psycopg2-pool with stub connections: its `_connect` is its only way to connect."""
+    import psycopg2_pool
+
+    base = psycopg2_pool.ThreadSafeConnectionPool if threaded else psycopg2_pool.ConnectionPool
+
+    class Stubbed(base):  # type: ignore[misc,valid-type]
+        def _connect(self, for_immediate_use: bool = False) -> Any:
+            conn = StubConnection()
+            if for_immediate_use:
+                self.connections_in_use.add(conn)
+            else:
+                self.return_times[conn] = time.perf_counter()
+                self.idle_connections.append(conn)
+            return conn
+
+    return Stubbed(minconn=n, maxconn=n)
+
+
 class LockFloor:
     """The least a lock-based pool can do: a list of connections behind a threading.Lock.
 
@@ -183,6 +212,9 @@ def _build(key: str, n: int) -> tuple[Any, Any, Any]:
         )
         pool = cls(n, n, connector=StubConnection)
         return pool.getconn, pool.putconn, pool.closeall
+    if key.startswith("psycopg2-pool"):
+        p3 = _stub_psycopg2_pool(key == "psycopg2-pool-ts", n)
+        return p3.getconn, p3.putconn, p3.clear
     if key.startswith("psycopg2"):
         ptype = StubThreadedPool if key == "psycopg2-threaded" else StubSimplePool
         p2 = ptype(n, n)
@@ -209,15 +241,20 @@ def _close(conn: Any) -> None:
 
 MAXCONN_KEYS = ("pgpool-threaded", "pgpool-simple", "psycopg2-threaded", "psycopg2-simple")
 THREAD_KEYS = ("pgpool-threaded", "psycopg2-threaded")
-EXTRA_KEYS = ("sqlalchemy", "dbutils")  # measured on both axes when installed
+EXTRA_KEYS = ("psycopg2-pool-ts", "sqlalchemy", "dbutils")  # both axes, when installed
+EXTRA_SINGLE = ("psycopg2-pool",)  # the maxconn axis (one thread), when installed
 LOCK_FLOOR = "lock-floor"
-LOCK_FLOOR_LABEL = "bare Lock + list (floor)"
+LOCK_FLOOR_LABEL = "Lock + list (floor)"
 
 
 def _keys(threaded_only: bool) -> list[str]:
-    base = THREAD_KEYS if threaded_only else MAXCONN_KEYS
-    extra = [k for k in EXTRA_KEYS if cs.BY_KEY[k].available]
-    return [*base, *extra, LOCK_FLOOR]
+    """The contenders of one axis, in the canonical order, those installed only."""
+    wanted: tuple[str, ...] = (
+        THREAD_KEYS + EXTRA_KEYS if threaded_only else MAXCONN_KEYS + EXTRA_KEYS + EXTRA_SINGLE
+    )
+    order = [c.key for c in cs.CONTENDERS]
+    keys = sorted(wanted, key=order.index)
+    return [k for k in keys if cs.BY_KEY[k].available] + [LOCK_FLOOR]
 
 
 def _sizes(quick: bool) -> tuple[int, int, int, float]:
@@ -237,19 +274,23 @@ def _cycle_ns(get: Any, put: Any, n: int) -> float:
     return (time.perf_counter() - start) / n * 1e9
 
 
-def _maxconn_point(key: str, n: int, cycles: int, hold: bool) -> float:
+def _maxconn_point(key: str, n: int, cycles: int, hold: bool) -> tuple[float, int]:
+    """(ns per cycle, stub connections created) for a pool (n, n) on one thread."""
+    before = _created()
     get, put, close = _build(key, n)
     held = [get() for _ in range(n - 1)] if hold else []
     try:
         _cycle_ns(get, put, max(100, cycles // 10))  # warm-up
-        return _cycle_ns(get, put, cycles)
+        return _cycle_ns(get, put, cycles), _created() - before - 1
     finally:
         for conn in held:
             put(conn)
         close()
 
 
-def _threads_point(key: str, threads: int, seconds: float) -> float:
+def _threads_point(key: str, threads: int, seconds: float) -> tuple[float, int]:
+    """(ns of wall time per cycle, stub connections created) for `threads` threads."""
+    before = _created()
     get, put, close = _build(key, threads)
     counts = [0] * threads
     deadline = float("inf")
@@ -269,14 +310,23 @@ def _threads_point(key: str, threads: int, seconds: float) -> float:
 
     try:
         elapsed = run_threads(threads, worker, name="scale", on_release=release)
+        created = _created() - before - 1
     finally:
         close()
-    return elapsed / sum(counts) * 1e9
+    return elapsed / sum(counts) * 1e9, created
 
 
 def run(ctx: Context) -> dict[str, Any]:
     reps, cycles, treps, seconds = _sizes(ctx.quick)
     maxconn: dict[str, dict[str, Any]] = {}
+    # Stub connections created beyond the pool's maxconn: per series, per contender, the
+    # most at any point.
+    excess: dict[str, dict[str, int]] = {"idle": {}, "held": {}, "threads": {}}
+
+    def note(series: str, key: str, created: int, n: int) -> None:
+        if created > n:
+            excess[series][key] = max(excess[series].get(key, 0), created - n)
+
     for series, hold in (("idle", False), ("held", True)):
         samples: dict[str, dict[int, list[float]]] = {
             k: {n: [] for n in MAXCONNS} for k in _keys(False)
@@ -285,14 +335,18 @@ def run(ctx: Context) -> dict[str, Any]:
             for key in _keys(False):
                 with no_gc():  # like timeit; collected once per key, not once per point
                     for n in MAXCONNS:
-                        samples[key][n].append(_maxconn_point(key, n, cycles, hold))
+                        ns, created = _maxconn_point(key, n, cycles, hold)
+                        samples[key][n].append(ns)
+                        note(series, key, created, n)
                 ctx.advance(f"scale / maxconn ({series}) / {key}")
         maxconn[series] = _analyse(samples, REF_MAXCONN)
     tsamples: dict[str, dict[int, list[float]]] = {k: {t: [] for t in THREADS} for k in _keys(True)}
     for _rep in range(treps):
         for key in _keys(True):
             for t in THREADS:
-                tsamples[key][t].append(_threads_point(key, t, seconds))
+                ns, created = _threads_point(key, t, seconds)
+                tsamples[key][t].append(ns)
+                note("threads", key, created, t)
             ctx.advance(f"scale / threads / {key}")
     return {
         "title": TITLE,
@@ -307,6 +361,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "labels": {**{c.key: c.label for c in cs.CONTENDERS}, LOCK_FLOOR: LOCK_FLOOR_LABEL},
         "maxconn": maxconn,
         "threads": _analyse(tsamples, REF_THREADS),
+        "over_maxconn": excess,
     }
 
 
@@ -318,40 +373,67 @@ def _analyse(samples: dict[str, dict[int, list[float]]], ref: int) -> dict[str, 
         largest = str(max(points))
         out[key] = {
             "ns": summaries,
+            # The ratio of the two medians the table shows.
             "largest_vs_ref": summaries[largest]["median"] / ref_ns if ref_ns else None,
+            # The largest relative spread (half-IQR / median) over the row's points.
+            "spread": max(Summary.from_dict(v).spread for v in summaries.values()),
         }
     return out
+
+
+def _spread_cell(row: dict[str, Any], n: int) -> str:
+    if n < 2:
+        return ONCE
+    pct = row["spread"] * 100
+    return f"±{pct:.0f} %" if pct >= 1 else f"±{pct:.1g} %"  # never "±0 %" by rounding
 
 
 def tables(result: dict[str, Any]) -> list[Table]:
     labels = result["labels"]
     st = result["settings"]
+    over = result.get("over_maxconn", {})
+
+    def over_note(series: str) -> str:
+        found = over.get(series, {})
+        if not found:
+            return "no contender opened more (stub) connections than the pool's maxconn"
+        return "opened more (stub) connections than maxconn, most at one point: " + ", ".join(
+            f"{labels[k]} +{n}" for k, n in found.items()
+        )
+
     out = []
     for series, what in (("idle", "all idle"), ("held", "all but one checked out")):
         data = result["maxconn"][series]
-        cols = ["contender", *[f"maxconn {n}" for n in st["maxconns"]], "1000 vs 4"]
+        cols = ["maxconn:", *[str(n) for n in st["maxconns"]], "1000 / 4", "spread"]
         rows = [
             [labels[key]]
             + [fmt(row["ns"][str(n)]["median"] / 1e3, 2) for n in st["maxconns"]]
-            + [fmt(row["largest_vs_ref"], 2, "x")]
+            + [fmt(row["largest_vs_ref"], 2, "x"), _spread_cell(row, st["repetitions"])]
             for key, row in data.items()
         ]
         notes = [
-            f"us per checkout + return, one thread, stub connections, {what}; median of "
-            f"{st['repetitions']} x {st['cycles']:,} cycles"
+            f"us per checkout + return, one thread, stub connections, {what}: median of "
+            f"{st['repetitions']} repetitions x {st['cycles']:,} cycles at each maxconn",
+            "1000 / 4: the ratio of those two medians; spread: the largest half interquartile "
+            "range of the row, relative to its median",
+            over_note(series),
         ]
-        out.append(Table(f"scale: pool size ({what})", cols, rows, notes))
+        out.append(Table(f"scale: pool size, {what} (us)", cols, rows, notes))
     data = result["threads"]
-    cols = ["contender", *[f"{t} threads" for t in st["threads"]], "256 vs 1"]
+    cols = ["threads:", *[str(t) for t in st["threads"]], "256 / 1", "spread"]
     rows = [
         [labels[key]]
         + [fmt(row["ns"][str(t)]["median"] / 1e3, 2) for t in st["threads"]]
-        + [fmt(row["largest_vs_ref"], 2, "x")]
+        + [fmt(row["largest_vs_ref"], 2, "x"), _spread_cell(row, st["thread_repetitions"])]
         for key, row in data.items()
     ]
     notes = [
         "us of wall time per checkout + return, all threads together (pool (T, T): nobody "
-        f"waits); median of {st['thread_repetitions']} x {st['seconds_per_thread_point']:g} s"
+        f"waits): median of {st['thread_repetitions']} repetitions x "
+        f"{st['seconds_per_thread_point']:g} s at each thread count",
+        "256 / 1: the ratio of those two medians (the goal compares it with SQLAlchemy's); "
+        "spread as above",
+        over_note("threads"),
     ]
-    out.append(Table("scale: threads", cols, rows, notes))
+    out.append(Table("scale: threads (us)", cols, rows, notes))
     return out

@@ -29,14 +29,27 @@ from typing import Any
 from psycopg2.extensions import parse_dsn
 
 from benchmarks import contenders as cs
-from benchmarks.common import Context, Sampler, Table, fmt, fmt_ratio, opened, run_threads
-from benchmarks.stats import Summary, ratio, summarize
+from benchmarks.common import (
+    Context,
+    Sampler,
+    Table,
+    fmt,
+    fmt_ratio,
+    fmt_sessions,
+    opened,
+    run_threads,
+    sessions,
+    sessions_note,
+    spread_column,
+    spread_note,
+)
+from benchmarks.stats import ratio, summarize
 
 NAME = "spike"
 TITLE = "Spike: 50 threads at once, pool (5, 50), 150 ms connects, 2 ms requests"
 MINCONN, MAXCONN, THREADS = 5, 50, 50
 CONNECT_DELAY = 0.15
-QUICK_CONNECT_DELAY = 0.05  # --quick: psycopg2.pool connects 45 times under its lock
+QUICK_CONNECT_DELAY = 0.02  # --quick: psycopg2.pool connects 45 times under its lock
 SQL = "SELECT pg_sleep(0.002)"
 TIMELINES = ("pgpool-threaded", "psycopg2-threaded", "psycopg_pool")
 
@@ -144,6 +157,7 @@ def run(ctx: Context) -> dict[str, Any]:
                         "opened_during": during,
                         "opened_after_settle": after,
                         "size_after": None if s is None else s.idle + s.in_use + s.connecting,
+                        "sessions": handle.opened.peak,
                     }
                 )
                 if rep == 0 and c.key in TIMELINES:
@@ -163,6 +177,7 @@ def _analyse(per_rep: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "latency_p50_s": summarize(r["latency_p50_s"] for r in reps).to_dict(),
             "opened_during": summarize(r["opened_during"] for r in reps).to_dict(),
             "opened_after_settle": summarize(r["opened_after_settle"] for r in reps).to_dict(),
+            "sessions": sessions([r["sessions"] for r in reps], MAXCONN),
             "per_rep": reps,
         }
     base = rows.get(cs.BASELINE)
@@ -180,34 +195,31 @@ def tables(result: dict[str, Any]) -> list[Table]:
         f"spike: {st['threads']} threads at once, pool ({st['minconn']}, {st['maxconn']}), "
         f"{delay_ms:g} ms connects, 2 ms requests"
     )
-    cols = [
-        "contender",
-        "all 50 served after (ms)",
-        "vs psycopg2 Threaded",
-        "median request (ms)",
-        "connections opened during spike",
-        "... incl. connects in flight",
-    ]
+    cols = ["contender", "sessions", "all served ms", "vs psycopg2", "p50 ms", "opened"]
+    cols.append("+ in flight")
     if "skipped" in result:
         return [Table(title, cols, [], [f"skipped: {result['skipped']}"])]
-    rows = []
-    for key, row in result["rows"].items():
-        served = Summary.from_dict(row["served_s"])
-        rows.append(
-            [
-                result["labels"][key],
-                fmt(served.median * 1e3, 0),
-                fmt_ratio(row["served_vs_baseline"]),
-                fmt(row["latency_p50_s"]["median"] * 1e3, 0),
-                fmt(row["opened_during"]["median"], 0),
-                fmt(row["opened_after_settle"]["median"], 0),
-            ]
-        )
-    notes = [
-        f"each new connection takes >= {delay_ms:g} ms (TCP proxy); "
-        f"median of {st['repetitions']} repetitions; every pool starts with {st['minconn']} "
-        "idle connections",
-        f"'incl. connects in flight': counted {_settle(st['connect_delay_s']):g} s after the "
-        "last request was served",
+    rows = result["rows"]
+    served = spread_column(rows, "served_s", 0, scale=1e3)
+    table_rows = [
+        [
+            result["labels"][key],
+            fmt_sessions(row.get("sessions")),
+            served[key],
+            fmt_ratio(row["served_vs_baseline"]),
+            fmt(row["latency_p50_s"]["median"] * 1e3, 0),
+            fmt(row["opened_during"]["median"], 0),
+            fmt(row["opened_after_settle"]["median"], 0),
+        ]
+        for key, row in rows.items()
     ]
-    return [Table(title, cols, rows, notes)]
+    notes = [
+        f"each new connection takes >= {delay_ms:g} ms (TCP proxy); every pool starts with "
+        f"{st['minconn']} idle connections; " + spread_note(st["repetitions"]),
+        "all served: from the release of the threads until the last request finished; "
+        "vs psycopg2: ratio of the medians; p50: the median request's latency",
+        "opened: connections opened until the last request was served (median); "
+        f"+ in flight: counted {_settle(st['connect_delay_s']):g} s later",
+        sessions_note(st["maxconn"], rows),
+    ]
+    return [Table(title, cols, table_rows, notes)]

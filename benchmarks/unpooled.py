@@ -9,7 +9,7 @@ One thread runs ``SELECT 1`` over and over, four ways:
 
 - **new connection per request**: ``psycopg2.connect()``, query, ``close()``: the code
   people write before they know about pools;
-- **pgpool** and **psycopg2.pool**: ``getconn()``, query, ``putconn()``;
+- **pgpool**, **psycopg2.pool** and **psycopg2-pool**: ``getconn()``, query, ``putconn()``;
 - **raw connection reused**: the floor, one connection and no pool at all.
 
 The headline is the ratio: how many pooled requests fit in the time of one unpooled one.
@@ -22,13 +22,31 @@ from contextlib import ExitStack
 from typing import Any
 
 from benchmarks import contenders as cs
-from benchmarks.common import Context, Table, fmt, fmt_spread, opened, same_cpu
-from benchmarks.stats import Summary, summarize
+from benchmarks.common import (
+    Context,
+    Table,
+    fmt,
+    fmt_sessions,
+    opened,
+    same_cpu,
+    sessions,
+    sessions_note,
+    spread_column,
+    spread_note,
+)
+from benchmarks.stats import summarize
 
 NAME = "unpooled"
 TITLE = "Pooled vs unpooled: SELECT 1 with and without a pool"
 SQL = "SELECT 1"
-KEYS = ("connect-per-request", "pgpool-threaded", "psycopg2-threaded", "raw-psycopg2")
+KEYS = (
+    "connect-per-request",
+    "pgpool-threaded",
+    "psycopg2-threaded",
+    "psycopg2-pool-ts",
+    "raw-psycopg2",
+)
+MAXCONN = 4
 UNPOOLED = "connect-per-request"
 
 
@@ -60,10 +78,11 @@ def _time_requests(handle: cs.Handle, n: int) -> float:
 def _measure(ctx: Context, chosen: list[cs.Contender]) -> dict[str, Any]:
     """Time every contender, fresh pools each repetition; return per-contender data."""
     reps, n_unpooled, n_pooled = _sizes(ctx.quick)
-    cfg = cs.PoolConfig(ctx.dsn, 1, 4, retry=False)
+    cfg = cs.PoolConfig(ctx.dsn, 1, MAXCONN, retry=False)
     samples: dict[str, list[float]] = {c.key: [] for c in chosen}
     connects = dict.fromkeys(samples, 0)  # opened while timed requests ran
     requests = dict.fromkeys(samples, 0)
+    peaks: dict[str, list[int]] = {key: [] for key in samples}
     for _rep in range(reps):
         with ExitStack() as stack:
             handles = {c.key: stack.enter_context(opened(c, cfg)) for c in chosen}
@@ -76,8 +95,14 @@ def _measure(ctx: Context, chosen: list[cs.Contender]) -> dict[str, Any]:
                 connects[key] += handle.opened.value - before
                 requests[key] += n
                 ctx.advance(f"unpooled / {key}")
+            for key, handle in handles.items():
+                peaks[key].append(handle.opened.peak)
     return {
-        key: {"samples": samples[key], "connects_per_request": connects[key] / requests[key]}
+        key: {
+            "samples": samples[key],
+            "connects_per_request": connects[key] / requests[key],
+            "sessions": sessions(peaks[key], MAXCONN),
+        }
         for key in samples
     }
 
@@ -93,6 +118,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "us": s.to_dict(),
             "speedup_vs_unpooled": unpooled / s.median,
             "connects_per_request": data[key]["connects_per_request"],
+            "sessions": data[key]["sessions"],
         }
         for key, s in summaries.items()
     }
@@ -111,22 +137,26 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> list[Table]:
     st = result["settings"]
-    cols = ["", "us per request", "requests in the time of one unpooled", "connects per request"]
-    rows = []
-    for key, row in result["rows"].items():
-        s = Summary.from_dict(row["us"])
-        rows.append(
-            [
-                result["labels"][key],
-                fmt_spread(s.median, s.p25, s.p75, 1),
-                fmt(row["speedup_vs_unpooled"], 1, "x"),
-                fmt(row["connects_per_request"], 2),
-            ]
-        )
+    cols = ["", "sessions", "us / request", "vs unpooled", "connects / request"]
+    rows = result["rows"]
+    us = spread_column(rows, "us", 1)
+    table_rows = [
+        [
+            result["labels"][key],
+            fmt_sessions(row.get("sessions")),
+            us[key],
+            fmt(row["speedup_vs_unpooled"], 1, "x"),
+            fmt(row["connects_per_request"], 2),
+        ]
+        for key, row in rows.items()
+    ]
     notes = [
-        f"one thread, SELECT 1; median of {st['repetitions']} repetitions of "
-        f"{st['requests_unpooled']} (unpooled) / {st['requests_pooled']:,} (pooled) requests, "
-        "fresh pools each repetition",
+        f"one thread, SELECT 1, {st['requests_unpooled']} (unpooled) / "
+        f"{st['requests_pooled']:,} (pooled) requests per repetition, fresh pools each "
+        "repetition; " + spread_note(st["repetitions"]),
+        "vs unpooled: the unpooled median / this median (requests served in the time of "
+        "one unpooled request)",
+        sessions_note(MAXCONN, rows) + "; the unpooled one closes each connection it opens",
         f"placement: {st.get('placement', '-')}",
     ]
-    return [Table("pooled vs unpooled: SELECT 1", cols, rows, notes)]
+    return [Table("pooled vs unpooled: SELECT 1", cols, table_rows, notes)]

@@ -20,10 +20,13 @@ from typing import Any
 
 import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
+from rich.console import Console
 
 from benchmarks import runner
 from benchmarks.dsn import describe_dsn, mask_dsn
 from benchmarks.goals import evaluate
+from benchmarks.headline import headline
+from benchmarks.report import rich_table
 from pgpool.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +83,68 @@ def test_results_json(quick_run: tuple[Path, int, str, str]) -> None:
     verdicts = {g["verdict"] for g in results["goals"]}
     assert verdicts <= {"MET", "MISSED"}  # every goal was judged (none NOT RUN)
     assert len(results["goals"]) >= 10
+
+
+def test_sessions_counted_for_every_contender(quick_run: tuple[Path, int, str, str]) -> None:
+    """Every pool's row carries its peak sessions; pgpool never exceeds maxconn, and
+    psycopg2-pool, which does not count connections taken from its idle deque, is caught
+    doing so under contention (16 threads, 4 connections) and marked in the table."""
+    results: dict[str, Any] = json.loads((quick_run[0] / "results.json").read_text())
+    scenarios = results["scenarios"]
+    tables = [
+        scenarios["cycle"]["variants"]["noop"]["rows"],
+        *[v["rows"] for v in scenarios["contention"]["variants"].values()],
+        scenarios["churn"]["rows"],
+        scenarios["spike"]["rows"],
+        scenarios["unpooled"]["rows"],
+    ]
+    for rows in tables:
+        assert "pgpool-threaded" in rows and "psycopg2-pool-ts" in rows
+        for key, row in rows.items():
+            info = row["sessions"]
+            assert info["peak"] >= 1, key
+            assert info["over"] == (info["peak"] > info["maxconn"]), key
+        assert not rows["pgpool-threaded"]["sessions"]["over"]
+    select1 = scenarios["contention"]["variants"]["select1"]["rows"]
+    assert select1["psycopg2-pool-ts"]["sessions"]["over"]
+    assert f"{select1['psycopg2-pool-ts']['sessions']['peak']} (>4)" in quick_run[2]
+    goals = " ".join(g["measured"] for g in results["goals"])
+    assert "left out, over maxconn: psycopg2-pool TS" in goals
+
+
+def test_printed_output_fits_100_columns_without_stale_progress(
+    quick_run: tuple[Path, int, str, str],
+) -> None:
+    printed = quick_run[2]
+    lines = printed.splitlines()
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    assert not re.search(r"━+ +\d+/\d+", printed)  # a progress bar left behind
+    for module in runner.SCENARIOS:  # each scenario reports its own duration
+        assert re.search(rf"^{module.NAME} took \d+ s$", printed, re.MULTILINE), module.NAME
+
+
+def test_every_result_table_fits_100_columns(quick_run: tuple[Path, int, str, str]) -> None:
+    """Measured at their natural width, so no number is ever wrapped or cut to fit."""
+    results: dict[str, Any] = json.loads((quick_run[0] / "results.json").read_text())
+    console = Console(width=200)
+    tables = [headline(results["scenarios"])]
+    for module in runner.SCENARIOS:
+        tables += module.tables(results["scenarios"][module.NAME])
+    for table in tables:
+        width = console.measure(rich_table(table)).maximum
+        assert width <= 100, (table.title, width)
+        assert not re.search(r"±0(?![.,\d])", " ".join(" ".join(r) for r in table.rows))
+
+
+def test_durations_stated_are_the_measured_ones(quick_run: tuple[Path, int, str, str]) -> None:
+    out, _code, printed, _secret = quick_run
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    total = f"{meta['duration_s']:.0f} s in all"
+    assert f"took {total}" in printed
+    assert total in (out / "report.md").read_text()
+    parts = meta["durations_s"]
+    assert set(runner.BY_NAME) | {"server start", "server stop", "plots"} == set(parts)
+    assert sum(parts.values()) <= meta["duration_s"] + 0.5
 
 
 def test_markdown_report(quick_run: tuple[Path, int, str, str]) -> None:
