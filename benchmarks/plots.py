@@ -19,6 +19,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from benchmarks import fleet
+
 COLORS = {
     "pgpool-threaded": "#1f5fbf",
     "pgpool-simple": "#6f9fe0",
@@ -410,6 +412,7 @@ PLOTTERS: dict[str, Callable[[dict[str, Any]], list[tuple[str, Figure]]]] = {
     "spike": _spike,
     "scale": _scale,
     "unpooled": _unpooled,
+    "fleet": fleet.plot,  # drawn by its own module: it has no contenders
 }
 
 

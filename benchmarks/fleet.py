@@ -1,0 +1,336 @@
+"""Scenario 7, fleet: N application processes, each with its own pgpool, directly against
+PostgreSQL and through PgBouncer.
+
+This is how an application that outgrows one process is deployed: several worker
+processes (gunicorn workers, say), each with a pool of ``maxconn`` connections and as many
+threads. Directly, the server sees ``processes x maxconn`` connections, and that product
+must stay under its ``max_connections``. Through PgBouncer in transaction mode, the same
+``processes x maxconn`` client connections share ``default_pool_size`` server connections:
+the server's share is bounded by PgBouncer, at the price of one more hop per transaction
+and of waiting in PgBouncer's queue when every server connection is busy.
+
+Each process runs ``threads`` threads for a fixed time, each looping: check out, run one
+short transaction (the query, then COMMIT), return. Two queries: ``SELECT 1`` (the cost of
+the path itself, CPU bound on a small machine) and ``SELECT pg_sleep(0.002)`` (a query that
+keeps its server connection busy for 2 ms, so the number of server connections limits the
+throughput). Reported per configuration: transactions per second summed over the
+processes, the p99 of one request's latency (checkout to return), and the most server and
+client connections sampled during the run (``pg_stat_activity`` for direct connections,
+PgBouncer's ``SHOW POOLS`` through it).
+
+The PgBouncer rows need the ``pgbouncer`` binary and a server that trusts the bench's user
+on TCP (the embedded one does); without them the scenario reports the direct rows only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+import threading
+import time
+from array import array
+from collections.abc import Iterator
+from typing import Any
+
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from benchmarks.common import Context, Table, fmt
+from benchmarks.stats import percentiles, summarize
+
+NAME = "fleet"
+TITLE = "Fleet: 8 processes x a pgpool each, directly and through PgBouncer"
+PROCESSES, MAXCONN = 8, 4  # threads per process = maxconn: nobody waits in pgpool
+QUERIES = {"select1": "SELECT 1", "sleep2ms": "SELECT pg_sleep(0.002)"}
+# (key, label, PgBouncer's default_pool_size or None for direct connections)
+CONFIGS: list[tuple[str, str, int | None]] = [
+    ("direct", "direct to PostgreSQL", None),
+    ("pgbouncer-16", "PgBouncer, transaction mode, pool 16", 16),
+    ("pgbouncer-8", "PgBouncer, transaction mode, pool 8", 8),
+]
+WARMUP = 0.5  # seconds of each run left out of the figures
+
+
+def _sizes(quick: bool) -> tuple[int, float, dict[str, str]]:
+    """(repetitions, seconds measured per run, queries)."""
+    if quick:
+        return 1, 1.0, {"select1": QUERIES["select1"]}
+    return 2, 4.0, QUERIES
+
+
+def steps(quick: bool) -> int:
+    reps, _, queries = _sizes(quick)
+    return reps * len(CONFIGS) * len(queries)
+
+
+# -- one application process ------------------------------------------------------------------
+
+
+def _process(dsn: str, sql: str, seconds: float, ready: Any, out: Any) -> None:
+    """One application process: opens a pool of MAXCONN, waits for the whole fleet at
+    `ready`, then runs MAXCONN threads looping on transactions for WARMUP + `seconds`;
+    sends (latencies in s of the requests after the warm-up, errors)."""
+    import pgpool
+
+    pool = pgpool.ThreadedConnectionPool(MAXCONN, MAXCONN, dsn, timeout=30)
+    latencies = [array("d") for _ in range(MAXCONN)]
+    errors = [0] * MAXCONN
+    ready.wait()  # every process has its connections: start together
+    start = time.monotonic()
+    measure_from, stop = start + WARMUP, start + WARMUP + seconds
+
+    def worker(i: int) -> None:
+        clock, record, connection = time.monotonic, latencies[i].append, pool.connection
+        while (now := clock()) < stop:
+            try:
+                with connection() as conn, conn.cursor() as cur:
+                    cur.execute(sql)
+            except Exception:
+                errors[i] += 1
+                continue
+            if now >= measure_from:
+                record(clock() - now)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(MAXCONN)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pool.closeall()
+    merged = array("d")
+    for part in latencies:
+        merged.extend(part)
+    out.send((merged.tobytes(), sum(errors)))
+    out.close()
+
+
+# -- the fleet ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _bouncer(dsn: str, pool_size: int) -> Iterator[Any]:
+    from testbed.pgbouncer import PgBouncer
+
+    params = parse_dsn(dsn)
+    bouncer = PgBouncer(
+        params.get("host", "127.0.0.1"),
+        int(params.get("port", 5432)),
+        pool_mode="transaction",
+        database=params.get("dbname", "postgres"),
+        default_pool_size=pool_size,
+        max_client_conn=PROCESSES * MAXCONN + 20,
+    )
+    with bouncer:
+        yield bouncer
+
+
+def _bouncer_unavailable(dsn: str) -> str | None:
+    """Why the PgBouncer rows cannot run against `dsn`, or None if they can."""
+    from testbed.pgbouncer import MISSING, find_pgbouncer
+
+    if find_pgbouncer() is None:
+        return MISSING
+    params = parse_dsn(dsn)
+    if params.get("password") or params.get("host", "").startswith("/"):
+        return "PgBouncer rows need a TCP server that trusts the user (no password)"
+    return None
+
+
+def _count_direct(admin_dsn: str, app: str) -> tuple[int, int]:
+    from testbed.embedded import run_sql
+
+    rows = run_sql(
+        admin_dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)
+    )
+    n = rows[0][0] if rows else 0
+    return n, n  # direct: each client connection is a server connection
+
+
+def _count_bouncer(bouncer: Any) -> tuple[int, int]:
+    row = bouncer.pool_row()
+    server = sum(
+        row.get(k, 0) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
+    )
+    client = row.get("cl_active", 0) + row.get("cl_waiting", 0)
+    return server, client
+
+
+def _run_fleet(ctx: Context, sql: str, pool_size: int | None, seconds: float) -> dict[str, Any]:
+    app = f"pgpool-fleet-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    with contextlib.ExitStack() as stack:
+        if pool_size is None:
+            client_dsn = make_dsn(ctx.dsn, application_name=app)
+
+            def count() -> tuple[int, int]:
+                return _count_direct(ctx.dsn, app)
+        else:
+            bouncer = stack.enter_context(_bouncer(ctx.dsn, pool_size))
+            client_dsn = make_dsn(bouncer.dsn, application_name=app)
+
+            def count() -> tuple[int, int]:
+                return _count_bouncer(bouncer)
+
+        # spawn: each process starts as a fresh interpreter, like a server's workers.
+        spawn = multiprocessing.get_context("spawn")
+        ready = spawn.Barrier(PROCESSES + 1, timeout=120)
+        pipes, procs = [], []
+        for _ in range(PROCESSES):
+            receive, send = spawn.Pipe(duplex=False)
+            proc = spawn.Process(target=_process, args=(client_dsn, sql, seconds, ready, send))
+            proc.start()
+            send.close()
+            pipes.append(receive)
+            procs.append(proc)
+        ready.wait()
+        start = time.monotonic()
+        stop = start + WARMUP + seconds
+        most_server = most_client = 0
+        while time.monotonic() < stop:
+            if time.monotonic() > start + WARMUP:
+                server, client = count()
+                most_server, most_client = max(most_server, server), max(most_client, client)
+            time.sleep(0.1)
+        latencies = array("d")
+        errors = 0
+        for receive in pipes:
+            raw, errs = receive.recv()
+            part = array("d")
+            part.frombytes(raw)
+            latencies.extend(part)
+            errors += errs
+        for proc in procs:
+            proc.join(30)
+    p50, p99 = percentiles(latencies, (50, 99)) if latencies else (math.nan, math.nan)
+    return {
+        "tps": len(latencies) / seconds,
+        "p50_ms": p50 * 1e3,
+        "p99_ms": p99 * 1e3,
+        "errors": errors,
+        "server_connections": most_server,
+        "client_connections": most_client,
+    }
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    reps, seconds, queries = _sizes(ctx.quick)
+    unavailable = _bouncer_unavailable(ctx.dsn)
+    configs = [c for c in CONFIGS if c[2] is None or unavailable is None]
+    from testbed.embedded import run_sql
+
+    rows_ = run_sql(ctx.dsn, "SELECT current_setting('max_connections')::int")
+    max_connections = rows_[0][0] if rows_ else None
+    per_rep: dict[str, dict[str, list[dict[str, Any]]]] = {q: {} for q in queries}
+    for rep in range(reps):
+        for query, sql in queries.items():
+            shift = rep % len(configs)
+            for key, _label, pool_size in configs[shift:] + configs[:shift]:
+                result = _run_fleet(ctx, sql, pool_size, seconds)
+                per_rep[query].setdefault(key, []).append(result)
+                ctx.advance(f"fleet / {query} / {key}")
+        for _ in range((len(CONFIGS) - len(configs)) * len(queries)):  # skipped rows
+            ctx.advance("fleet")
+    rows: dict[str, dict[str, Any]] = {}
+    for query, by_key in per_rep.items():
+        rows[query] = {}
+        for key, runs in by_key.items():
+            rows[query][key] = {
+                "tps": summarize(r["tps"] for r in runs).to_dict(),
+                "p99_ms": summarize(r["p99_ms"] for r in runs).to_dict(),
+                "p50_ms": summarize(r["p50_ms"] for r in runs).to_dict(),
+                "errors": sum(r["errors"] for r in runs),
+                "server_connections": max(r["server_connections"] for r in runs),
+                "client_connections": max(r["client_connections"] for r in runs),
+                "per_rep": runs,
+            }
+    return {
+        "title": TITLE,
+        "settings": {
+            "processes": PROCESSES,
+            "maxconn": MAXCONN,
+            "threads_per_process": MAXCONN,
+            "seconds": seconds,
+            "warmup_s": WARMUP,
+            "repetitions": reps,
+            "queries": queries,
+            "max_connections": max_connections,
+            "pgbouncer": unavailable or "transaction mode",
+        },
+        "labels": {key: label for key, label, _ in CONFIGS},
+        "pool_sizes": {key: size for key, _, size in CONFIGS},
+        "rows": rows,
+    }
+
+
+def tables(result: dict[str, Any]) -> list[Table]:
+    st = result["settings"]
+    cols = [
+        "configuration",
+        "query",
+        "transactions/s",
+        "p50 ms",
+        "p99 ms",
+        "server connections",
+        "client connections",
+        "errors",
+    ]
+    rows = []
+    for query, by_key in result["rows"].items():
+        for key, row in by_key.items():
+            rows.append(
+                [
+                    result["labels"][key],
+                    st["queries"][query],
+                    fmt(row["tps"]["median"], 0),
+                    fmt(row["p50_ms"]["median"], 2),
+                    fmt(row["p99_ms"]["median"], 2),
+                    str(row["server_connections"]),
+                    str(row["client_connections"]),
+                    str(row["errors"]),
+                ]
+            )
+    notes = [
+        f"{st['processes']} processes x a ThreadedConnectionPool({st['maxconn']}, "
+        f"{st['maxconn']}) with {st['threads_per_process']} threads each: "
+        f"{st['processes'] * st['maxconn']} client connections; server max_connections "
+        f"{st['max_connections']}",
+        f"median of {st['repetitions']} run(s) of {st['seconds']:g} s after a "
+        f"{st['warmup_s']:g} s warm-up; latency = checkout + transaction + return",
+        "connections: the most sampled every 0.1 s (pg_stat_activity directly, SHOW POOLS "
+        "through PgBouncer)",
+        f"PgBouncer: {st['pgbouncer']}",
+    ]
+    return [Table(f"fleet: {TITLE.split(': ', 1)[1]}", cols, rows, notes)]
+
+
+def plot(result: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Transactions/s and p99 per configuration, one panel per query; connections in labels."""
+    import matplotlib.pyplot as plt
+
+    queries = list(result["rows"])
+    fig, axes = plt.subplots(2, len(queries), figsize=(5.5 * len(queries), 6.5), squeeze=False)
+    for col, query in enumerate(queries):
+        by_key = result["rows"][query]
+        keys = list(by_key)
+        labels = [
+            f"{result['labels'][k]}\n{by_key[k]['server_connections']} server / "
+            f"{by_key[k]['client_connections']} client conns"
+            for k in keys
+        ]
+        tps = [by_key[k]["tps"]["median"] for k in keys]
+        p99 = [by_key[k]["p99_ms"]["median"] for k in keys]
+        colors = ["#4c72b0" if result["pool_sizes"][k] is None else "#dd8452" for k in keys]
+        axes[0][col].barh(labels, tps, color=colors)
+        axes[0][col].set_title(f"{result['settings']['queries'][query]}: transactions/s")
+        axes[1][col].barh(labels, p99, color=colors)
+        axes[1][col].set_title("p99 latency, ms (lower is better)")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.invert_yaxis()
+            ax.tick_params(axis="y", labelsize=8)
+    st = result["settings"]
+    fig.suptitle(
+        f"fleet: {st['processes']} processes x pgpool(maxconn {st['maxconn']}), "
+        "directly and through PgBouncer"
+    )
+    fig.tight_layout()
+    return [("fleet", fig)]

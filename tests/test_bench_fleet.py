@@ -1,0 +1,38 @@
+"""The fleet scenario's PgBouncer path, small: processes x maxconn client connections
+reach PgBouncer, and the server sees no more than PgBouncer's pool size.
+
+(`tests/test_bench.py` runs the whole quick bench, whose DSN carries a password: there the
+fleet scenario runs its direct rows only.)
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import EXTERNAL_DSN
+
+from benchmarks import fleet
+from benchmarks.common import Context
+from testbed.pgbouncer import MISSING, find_pgbouncer
+
+
+@pytest.mark.skipif(find_pgbouncer() is None, reason=MISSING)
+@pytest.mark.skipif(bool(EXTERNAL_DSN), reason="PgBouncer needs the embedded server's trust")
+def test_fleet_through_pgbouncer_bounds_server_connections(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fleet, "PROCESSES", 2)  # the parent's side; children use MAXCONN
+    result = fleet._run_fleet(Context(dsn=dsn), "SELECT 1", pool_size=3, seconds=0.5)
+    assert result["errors"] == 0
+    assert result["tps"] > 0
+    assert result["client_connections"] == 2 * fleet.MAXCONN
+    assert 1 <= result["server_connections"] <= 3
+    assert result["p50_ms"] <= result["p99_ms"]
+
+
+def test_fleet_rows_need_pgbouncer_and_trust() -> None:
+    if find_pgbouncer() is not None:
+        assert fleet._bouncer_unavailable("host=db password=x") is not None
+        assert fleet._bouncer_unavailable("host=/tmp dbname=x") is not None
+        assert fleet._bouncer_unavailable("host=127.0.0.1 port=5432") is None
+    else:
+        assert fleet._bouncer_unavailable("host=127.0.0.1") == MISSING
