@@ -87,6 +87,10 @@ def find_bindir() -> Path:
     )
 
 
+ADMIN_LOCK_TIMEOUT_MS = 5_000  # run_sql waits at most this long for a lock
+ADMIN_STATEMENT_TIMEOUT_MS = 60_000  # and this long for any statement
+
+
 def run_sql(
     dsn: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
 ) -> list[tuple[Any, ...]] | None:
@@ -94,8 +98,20 @@ def run_sql(
 
     Meant for admin actions in tests (``pg_terminate_backend``, ``CREATE TABLE``...), not
     for load: every call pays for a full connect.
+
+    Every admin statement is short, so it gets bounded waits (`ADMIN_LOCK_TIMEOUT_MS`,
+    `ADMIN_STATEMENT_TIMEOUT_MS`): a lock it waits for is almost always held by a
+    connection that a failing test left in a transaction, and a test's teardown that waits
+    for it must fail within seconds (SQLSTATE 55P03, lock_not_available), not hang the
+    suite. No Python timeout could do this: libpq's wait cannot be interrupted by a signal.
     """
-    conn = psycopg2.connect(dsn, connect_timeout=10, application_name="pgpool-admin")
+    conn = psycopg2.connect(
+        dsn,
+        connect_timeout=10,
+        application_name="pgpool-admin",
+        options=f"-c lock_timeout={ADMIN_LOCK_TIMEOUT_MS} "
+        f"-c statement_timeout={ADMIN_STATEMENT_TIMEOUT_MS}",
+    )
     try:
         conn.autocommit = True  # no lingering transaction, and statements like VACUUM work
         with conn.cursor() as cur:

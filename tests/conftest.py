@@ -9,12 +9,31 @@ Other switches:
 - ``--run-slow`` runs the tests marked ``@pytest.mark.slow`` (skipped otherwise).
 - ``CI`` set in the environment selects the deterministic "ci" Hypothesis profile;
   ``HYPOTHESIS_PROFILE`` names a profile explicitly.
+- ``PGPOOL_TEST_HANG_GRACE`` (seconds, default 20): see "A suite that fails instead of
+  hanging" below.
+
+A suite that fails instead of hanging. A regression in the pool (a return that no longer
+rolls back, say) leaves a connection in a transaction holding locks; the next statement
+that needs one waits inside libpq, where no Python signal handler runs, so pytest-timeout's
+signal cannot end it. Three things keep the run bounded:
+
+1. fixtures close their pools before dropping their tables (`support.table_fixture`);
+2. admin statements (`run_sql`, all teardowns) carry `lock_timeout` and `statement_timeout`,
+   and `support.drop_table` names and terminates the sessions that still hold a lock;
+3. a watchdog thread here: when a test outlives its timeout by the grace period, it cancels
+   the session server's queries that have waited that long for a lock, which hands control
+   back to Python (the test fails, the run goes on); if the test still runs after another
+   grace period, it dumps every thread's stack and ends the run with status 3.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +71,101 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_slow)
 
 
+# -- the hang breaker (point 3 above) ----------------------------------------------------------
+
+HANG_GRACE = float(os.environ.get("PGPOOL_TEST_HANG_GRACE", "20"))
+_session_dsn: str | None = None  # the session server's, once the pg_server fixture started it
+
+
+class _HangBreaker:
+    """A daemon thread that ends a test stuck where pytest-timeout cannot reach it."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._test: tuple[str, float] | None = None  # (nodeid, when its time is up)
+        self._cancelled = False
+        threading.Thread(target=self._watch, name="hang-breaker", daemon=True).start()
+
+    def start(self, nodeid: str, timeout: float) -> None:
+        with self._lock:
+            self._test = (nodeid, time.monotonic() + timeout + HANG_GRACE)
+            self._cancelled = False
+
+    def stop(self) -> None:
+        with self._lock:
+            self._test = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, HANG_GRACE / 4))
+            with self._lock:
+                test, cancelled = self._test, self._cancelled
+            if test is None or time.monotonic() < test[1]:
+                continue
+            nodeid, due = test
+            if not cancelled:
+                with self._lock:
+                    self._cancelled = True
+                self._say(f"{nodeid} is past its timeout: cancelling queries that wait for a lock")
+                self._cancel_lock_waits()
+            elif time.monotonic() >= due + HANG_GRACE:
+                # Like pytest-timeout's thread method: give the terminal back, then report.
+                capture = self.config.pluginmanager.getplugin("capturemanager")
+                if capture is not None:
+                    capture.suspend_global_capture(in_=True)
+                self._say(f"{nodeid} still hangs: the stacks, then the run ends (status 3)")
+                faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+                os._exit(3)
+
+    @staticmethod
+    def _cancel_lock_waits() -> None:
+        if _session_dsn is None:
+            return
+        try:
+            rows = run_sql(
+                _session_dsn,
+                "SELECT pid, application_name, left(query, 60), pg_cancel_backend(pid)"
+                " FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query_start < now() - make_interval(secs => %s)",
+                (HANG_GRACE,),
+            )
+        except Exception as error:  # the server may be the problem: the exit stage remains
+            _HangBreaker._say(f"could not cancel: {error!r}")
+            return
+        _HangBreaker._say(f"cancelled (pid, application_name, query, done): {rows}")
+
+    @staticmethod
+    def _say(message: str) -> None:
+        print(f"\nhang breaker: {message}", file=sys.__stderr__, flush=True)
+
+
+def _timeout_of(item: pytest.Item) -> float:
+    """The test's pytest-timeout limit: its marker, else --timeout / the ini `timeout`."""
+    marker = item.get_closest_marker("timeout")
+    value = None
+    if marker is not None:
+        value = marker.args[0] if marker.args else marker.kwargs.get("timeout")
+    if value is None:
+        value = item.config.getoption("timeout", None) or item.config.getini("timeout")
+    return float(value or 0) or 3600.0  # 0 means "no timeout": still end a hang, later
+
+
+_hang_breaker: _HangBreaker | None = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    global _hang_breaker
+    if _hang_breaker is None:
+        _hang_breaker = _HangBreaker(item.config)
+    _hang_breaker.start(item.nodeid, _timeout_of(item))
+    try:
+        return (yield)
+    finally:
+        _hang_breaker.stop()
+
+
 @dataclass(frozen=True)
 class PgServer:
     """The session's server: its DSN, and the embedded server when we own it."""
@@ -74,11 +188,15 @@ class PgServer:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
+    global _session_dsn
     if EXTERNAL_DSN:
+        _session_dsn = EXTERNAL_DSN
         yield PgServer(EXTERNAL_DSN, None)
         return
     with EmbeddedPostgres() as server:
+        _session_dsn = server.dsn
         yield PgServer(server.dsn, server)
+        _session_dsn = None
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.pool
 
@@ -178,11 +179,20 @@ class Pools:
         return conn
 
     def close(self) -> None:
-        for pool in self._pools:
-            if not pool.closed:
-                pool.closeall()
-        for conn in self._conns:
-            conn.close()
+        """Close every pool and connection, even if closing one of them raises (the first
+        error is raised at the end): a teardown must not leave sessions behind."""
+        errors: list[BaseException] = []
+        for closable in [*self._pools, *self._conns]:
+            try:
+                if isinstance(closable, AnyPool):
+                    if not closable.closed:
+                        closable.closeall()
+                else:
+                    closable.close()
+            except Exception as error:
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> Pools:
         return self
@@ -230,7 +240,47 @@ def make_table(dsn: str, columns: str = "id int PRIMARY KEY, name text") -> str:
 
 
 def drop_table(dsn: str, name: str) -> None:
-    run_sql(dsn, f"DROP TABLE IF EXISTS {name}")
+    """Drop a test's table; close the pools that used it first (`table_fixture` does).
+
+    A connection still in a transaction that touched the table holds a lock the DROP must
+    wait for: a failing test can leave one behind (a pool whose return no longer rolls
+    back, say). run_sql's lock_timeout ends that wait within seconds; the holders are then
+    terminated, so the table still goes and later tests are unaffected, and the teardown
+    fails with a message naming them, instead of hanging the suite.
+    """
+    try:
+        run_sql(dsn, f"DROP TABLE IF EXISTS {name}")
+    except psycopg2.errors.LockNotAvailable:
+        holders = run_sql(
+            dsn,
+            "SELECT DISTINCT a.pid, a.application_name, a.state, left(a.query, 60)"
+            " FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.relation = to_regclass(%s) AND a.pid <> pg_backend_pid()",
+            (name,),
+        )
+        for pid, *_ in holders or []:
+            run_sql(dsn, "SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        run_sql(dsn, f"DROP TABLE IF EXISTS {name}")
+        raise AssertionError(
+            f"dropping table {name} had to wait for sessions still holding a lock on it"
+            f" (pid, application_name, state, query): {holders}. They were terminated."
+            " Was a connection returned to a pool in a transaction?"
+        ) from None
+
+
+def table_fixture(
+    dsn: str, pools: Pools, columns: str = "id int PRIMARY KEY, name text"
+) -> Iterator[str]:
+    """The body of a `table` fixture: a fresh table, dropped after the test's pools are
+    closed, since a pooled connection left in a transaction would hold a lock on it."""
+    name = make_table(dsn, columns)
+    try:
+        yield name
+    finally:
+        try:
+            pools.close()
+        finally:
+            drop_table(dsn, name)
 
 
 def table_rows(dsn: str, name: str) -> list[tuple[Any, ...]]:

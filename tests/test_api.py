@@ -23,6 +23,7 @@ from support import (
     make_table,
     pools_fixture,
     select_one,
+    table_fixture,
     table_rows,
     unique_app_name,
 )
@@ -37,10 +38,8 @@ def pools(dsn: str) -> Iterator[Pools]:
 
 
 @pytest.fixture
-def table(dsn: str) -> Iterator[str]:
-    name = make_table(dsn)
-    yield name
-    drop_table(dsn, name)
+def table(dsn: str, pools: Pools) -> Iterator[str]:
+    yield from table_fixture(dsn, pools)
 
 
 def _who(conn: Any) -> tuple[str, str]:
@@ -380,6 +379,7 @@ def test_connection_context_when_commit_fails(pools: Pools, dsn: str) -> None:
         with pool.connection(timeout=0) as conn:
             assert select_one(conn) == 1
     finally:
+        pools.close()  # before the drop: a connection left in a transaction holds a lock
         drop_table(dsn, table)
 
 

@@ -51,14 +51,18 @@ def helper(dsn: str, app: str) -> Iterator[DBHelper]:
 
 
 @pytest.fixture
-def users(dsn: str) -> Iterator[str]:
-    """A `users` table as in the article, plus `orders`; yields the users table's name."""
+def users(dsn: str, helper: DBHelper) -> Iterator[str]:
+    """A `users` table as in the article, plus `orders`; yields the users table's name.
+
+    The helper's pool is shut down before the tables are dropped: a pooled connection left
+    in a transaction would hold a lock the DROP waits for."""
     name = make_table(dsn, "id int PRIMARY KEY, name text")
     orders = f"{name}_orders"
     run_sql(dsn, f"INSERT INTO {name} VALUES (1, 'Ada'), (2, 'Bob')")
     run_sql(dsn, f"CREATE TABLE {orders} (id int, user_id int)")
     run_sql(dsn, f"INSERT INTO {orders} VALUES (10, 1), (11, 1), (12, 2)")
     yield name
+    helper.shutdown_connection_pool()
     drop_table(dsn, orders)
     drop_table(dsn, name)
 
