@@ -370,13 +370,18 @@ def check_waits(subject: Subject, dsn: str) -> Outcome:
     with Harness(subject, dsn) as h:
         pool = h.make(0, 1)
         mine = h.get(pool)
-        other = Task(h.get, pool, DEADLINE)
+        other = Task(h.get, pool, 5.0)
         if not h.until_waiting(pool, other):
             error = other.error()
             if error is not None:
                 return failed(f"a caller at a full (0, 1) pool is refused: {describe(error)}")
             return failed("a caller at a full (0, 1) pool gets a second connection at once")
         pool.putconn(mine)
+        if not finished_within(other, 2.0):  # the waiter must wake when it is served
+            return failed("the waiter still sleeps 2 s after the connection came back")
+        error = other.error()
+        if error is not None:
+            return failed(f"the waiter was not served by the return: {describe(error)}")
         served = other.result()
         pool.putconn(served)
         if served is not mine:
@@ -556,6 +561,21 @@ def check_reclaims(subject: Subject, dsn: str) -> Outcome:
         return passed()
 
 
+def check_clean_return(subject: Subject, dsn: str) -> Outcome:
+    """A connection returned inside a transaction is handed out again outside it."""
+    with Harness(subject, dsn) as h:
+        pool = h.make(0, 1)
+        conn = h.get(pool)
+        select_one(conn)  # psycopg2 opens a transaction: it is now "idle in transaction"
+        pool.putconn(conn)
+        conn = h.get(pool)
+        status = conn.get_transaction_status()
+        pool.putconn(conn)
+        if status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            return failed("a transaction left open by one borrower is handed to the next")
+        return passed()
+
+
 @dataclass(frozen=True)
 class Property:
     key: str
@@ -575,4 +595,5 @@ PROPERTIES = (
     Property("reaps_idle", "reaps idle connections", check_reaps_idle),
     Property("live", "hands out live connections", check_live),
     Property("reclaims", "reclaims leaked connections", check_reclaims),
+    Property("clean_return", "cleans returned connections", check_clean_return),
 )

@@ -16,15 +16,17 @@ from course_support import PROPERTIES, SUBJECTS, Outcome, Property, Subject
 MATRIX = Path(__file__).resolve().parent.parent / "docs" / "learn" / "properties.md"
 
 # pool -> the verdicts of PROPERTIES, in order. P pass, F FAIL, - not applicable.
-EXPECTED = {  #  bounded exclusive waits fifo close_wakes unlocked budget churn reaps live reclaims
-    "step0":  "F P F - - P F F F P -",
-    "step1":  "P P F - - F P F F F F",
-    "step2":  "P F P F F P F P F F F",
-    "step3":  "P P P F P F P P F F F",
-    "step4":  "P P P P P F P P F F F",
-    "step5":  "P P P P P P P P F F F",
-    "step6":  "P P P P P P P P P P P",
-    "pgpool": "P P P P P P P P P P P",
+# Columns: bounded exclusive waits fifo close_wakes unlocked_connect connect_budget no_churn
+# reaps_idle live reclaims clean_return.
+EXPECTED = {
+    "step0":  "F P F - - P F F F P - P",
+    "step1":  "P P F - - F P F F F F P",
+    "step2":  "P F P F F P F P F F F F",
+    "step3":  "P P P F P F P P F F F F",
+    "step4":  "P P P P P F P P F F F F",
+    "step5":  "P P P P P P P P F F F F",
+    "step6":  "P P P P P P P P P P P F",
+    "pgpool": "P P P P P P P P P P P P",
 }  # fmt: skip
 VERDICTS = {"P": "pass", "F": "FAIL", "-": "n/a"}
 
