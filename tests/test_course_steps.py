@@ -1,0 +1,238 @@
+"""The course's own tests: each step's demonstration, and the tests its exercise names.
+
+The tests named by an exercise (docs/learn/*.md, "Exercise") take the course module as an
+argument, so that tests/test_course_exercises.py can run them against a mutated copy of
+the module and check that they fail.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import textwrap
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+from course_support import Probe
+from support import Task, wait_until
+
+from course import (
+    step0_why,
+    step1_seed,
+    step2_queue,
+    step3_condition,
+    step4_fifo,
+    step5_reserve,
+    step6_maintained,
+)
+
+
+class FailFirstConnect(psycopg2.extensions.connection):
+    """A connection class whose first connect fails (per subclass), like a server restart."""
+
+    failed = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not type(self).failed:
+            type(self).failed = True
+            raise psycopg2.OperationalError("connection refused (first attempt, on purpose)")
+        super().__init__(*args, **kwargs)
+
+
+def fail_first_connect() -> type[FailFirstConnect]:
+    return type("FailOnce", (FailFirstConnect,), {"failed": False})
+
+
+# -- tests named by the exercises -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", [step0_why])
+def test_nopool_closes_what_it_opens(dsn: str, module: ModuleType) -> None:
+    probe = Probe()
+    pool = module.NoPool(0, 1, dsn, connection_factory=probe.factory)
+    for _ in range(3):
+        pool.putconn(pool.getconn())
+    assert probe.opened == 3
+    try:
+        assert probe.open == 0, "putconn left connections open"
+    finally:
+        probe.close_all()
+
+
+@pytest.mark.parametrize("module", [step1_seed])
+def test_dbhelper_returns_its_connection(dsn: str, module: ModuleType) -> None:
+    helper = module.DBHelper(dsn)
+    try:
+        for _ in range(5):  # more than its 3 connections: each must have come back
+            with helper.get_resource() as (cursor, _conn):
+                cursor.execute("SELECT 1 AS one")
+                assert cursor.fetchone() == {"one": 1}
+    finally:
+        helper.shutdown_connection_pool()
+
+
+@pytest.mark.parametrize("module", [step2_queue])
+def test_queue_pool_failed_connect_gives_its_token_back(dsn: str, module: ModuleType) -> None:
+    pool = module.QueuePool(0, 1, dsn, connection_factory=fail_first_connect())
+    try:
+        with pytest.raises(psycopg2.OperationalError):
+            pool.getconn()
+        conn = pool.getconn(timeout=0.5)  # the server is back: the one slot must be free
+        pool.putconn(conn)
+    finally:
+        pool.closeall()
+
+
+@pytest.mark.parametrize("module", [step5_reserve, step6_maintained])
+def test_failed_connect_frees_its_slot(dsn: str, module: ModuleType) -> None:
+    cls = getattr(module, "MaintainedPool", None) or module.ReservePool
+    pool = cls(0, 1, dsn, connection_factory=fail_first_connect())
+    try:
+        with pytest.raises(psycopg2.OperationalError):
+            pool.getconn()
+        conn = pool.getconn(timeout=0.5)
+        pool.putconn(conn)
+    finally:
+        pool.closeall()
+
+
+@pytest.mark.parametrize(
+    ("module", "cls"), [(step4_fifo, "FifoPool"), (step5_reserve, "ReservePool")]
+)
+def test_handoff_survives_a_slow_ring(
+    dsn: str, module: ModuleType, cls: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The woken waiter runs as soon as its bell rings: what it needs must be there first.
+
+    The ring is made slow (the ringer sleeps after releasing the bell), so the waiter
+    certainly runs before the ringer's next statement: if the connection is handed over
+    after the ring, the waiter returns without it.
+    """
+
+    class SlowRing(module.Waiter):  # type: ignore[name-defined,misc]
+        def ring(self) -> None:
+            super().ring()
+            time.sleep(0.2)  # the ringer yields the GIL: the woken waiter runs now
+
+    monkeypatch.setattr(module, "Waiter", SlowRing)
+    pool = getattr(module, cls)(0, 1, dsn)
+    try:
+        mine = pool.getconn()
+        waiter = Task(pool.getconn, 5.0)
+        wait_until(lambda: pool.waiting == 1, "the second caller to queue")
+        pool.putconn(mine)
+        served = waiter.result()
+        assert served is mine, f"the woken waiter returned {served!r}"
+        pool.putconn(served)
+    finally:
+        pool.closeall()
+
+
+# -- the demonstrations, small -------------------------------------------------------------
+
+
+def test_step0_measures_both_ways(dsn: str) -> None:
+    fresh, reused = step0_why.measure(dsn, rounds=3)
+    assert fresh > 0 and reused > 0
+
+
+def test_step1_faults(dsn: str) -> None:
+    assert "PoolError(connection pool exhausted)" in step1_seed.fault_exhausted(dsn)
+    assert "behind a 50 ms connect" in step1_seed.fault_connect_under_lock(dsn, delay=0.05)
+    # (1, 3): the first round opens 2, and each round closes 2 and opens 2 again.
+    assert step1_seed.fault_churn(dsn, rounds=5) == "15 checkouts, 11 connects (3 would do)"
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        (step2_queue, "two callers, one connection: True"),
+        (step3_condition, "returned, asked again, got it back: True | waiter served: []"),
+        (step6_maintained, "3 leases forgotten for 0.3 s (max_lease 0.2), reclaimed: True"),
+    ],
+)
+def test_demonstration_shows_the_fault(
+    module: ModuleType,
+    expected: str,
+    dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PGPOOL_DSN", dsn)
+    module.main()
+    assert expected in capsys.readouterr().out
+
+
+def test_step4_contention_runs(dsn: str) -> None:
+    from course.measure import contention
+
+    line = contention(step4_fifo.FifoPool, dsn, threads=4, conns=2, seconds=0.2)
+    assert "q/s" in line
+
+
+def test_step5_spike_opens_at_most_max_connecting(dsn: str) -> None:
+    from course.measure import spike
+
+    line = spike(step5_reserve.ReservePool, dsn, callers=6, delay=0.05)
+    connects = int(line.split(" with ")[1].split()[0])
+    assert connects <= 2, line
+
+
+def test_switch_interval_is_restored() -> None:
+    import sys
+
+    from course_support import switch_interval
+
+    before = sys.getswitchinterval()
+    with switch_interval(1.0):
+        assert sys.getswitchinterval() == 1.0
+    assert sys.getswitchinterval() == before
+
+
+# -- the chapters quote the code as it is ---------------------------------------------------
+
+LEARN = Path(__file__).resolve().parent.parent / "docs" / "learn"
+QUOTE = re.compile(
+    r"<!-- quote: (?P<path>\S+) (?P<name>[\w.]+) -->\n(?:<!-- skip: next -->\n)?"
+    r"```python\n(?P<code>.*?)```",
+    re.DOTALL,
+)
+
+
+def quotes() -> list[tuple[str, str, str, str]]:
+    found = []
+    for chapter in sorted(LEARN.glob("0*.md")):
+        for match in QUOTE.finditer(chapter.read_text(encoding="utf-8")):
+            found.append((chapter.name, match["path"], match["name"], match["code"]))
+    return found
+
+
+def test_chapters_quote_code() -> None:
+    # Guards the pattern: were it to match nothing, the next test would check nothing.
+    assert len(quotes()) >= 10
+
+
+@pytest.mark.parametrize(
+    ("chapter", "path", "name", "code"), quotes(), ids=lambda v: v if "\n" not in v else ""
+)
+def test_quote_matches_the_code(chapter: str, path: str, name: str, code: str) -> None:
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    obj: Any = module
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    assert code == textwrap.dedent(inspect.getsource(obj)), f"{chapter}: {name} differs"
+
+
+def test_every_chapter_has_a_diagram_and_an_exercise() -> None:
+    chapters = sorted(LEARN.glob("0*.md"))
+    assert [c.name[:2] for c in chapters] == [f"0{n}" for n in range(8)]
+    for chapter in chapters:
+        text = chapter.read_text(encoding="utf-8")
+        assert "```mermaid" in text, f"{chapter.name}: no diagram"
+        assert "\n## Exercise\n" in text, f"{chapter.name}: no exercise"
