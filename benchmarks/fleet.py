@@ -303,9 +303,17 @@ def tables(result: dict[str, Any]) -> list[Table]:
 def plot(result: dict[str, Any]) -> list[tuple[str, Any]]:
     """Transactions/s and p99 per configuration, one panel per query; connections in labels."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     queries = list(result["rows"])
-    fig, axes = plt.subplots(2, len(queries), figsize=(5.5 * len(queries), 6.5), squeeze=False)
+    # Wide enough for the title even with one query (a --quick run); laid out to fit it.
+    fig, axes = plt.subplots(
+        2,
+        len(queries),
+        figsize=(max(8.0, 5.5 * len(queries)), 6.5),
+        squeeze=False,
+        layout="constrained",
+    )
     for col, query in enumerate(queries):
         by_key = result["rows"][query]
         keys = list(by_key)
@@ -324,10 +332,10 @@ def plot(result: dict[str, Any]) -> list[tuple[str, Any]]:
         for ax in (axes[0][col], axes[1][col]):
             ax.invert_yaxis()
             ax.tick_params(axis="y", labelsize=8)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,g}"))
     st = result["settings"]
     fig.suptitle(
         f"fleet: {st['processes']} processes x pgpool(maxconn {st['maxconn']}), "
         "directly and through PgBouncer"
     )
-    fig.tight_layout()
     return [("fleet", fig)]
