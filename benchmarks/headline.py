@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import Table
+from benchmarks.common import NOISY, ONCE, Table, noisy
+from benchmarks.stats import Summary
 
 PGPOOL, PSYCOPG2 = "pgpool-threaded", "psycopg2-threaded"
 OTHERS = ("psycopg2-pool-ts", "psycopg_pool", "sqlalchemy", "dbutils")
@@ -39,13 +40,51 @@ def _line(
         return None
     mine, theirs = value(rows[PGPOOL]), value(rows[PSYCOPG2])
     best = _pick(rows, value, higher_is_better)
-    best_cell = f"{fmt.format(best[1])} ({labels[best[0]]})" if best else "-"
+    shown = [PGPOOL, PSYCOPG2] + ([best[0]] if best else [])
+    marks = _marks(rows, shown, value)
+    # On the console the spread goes on a second line of the cell (the table stays within
+    # 100 columns); the Markdown report joins the lines with a space.
+    cells = [fmt.format(value(rows[k])) + marks[k] for k in shown]
+    best_cell = "-"
+    if best:
+        best_cell = f"{fmt.format(best[1])} ({labels[best[0]]}){marks[best[0]]}"
     times = f"{mine / theirs:.2f}x" if theirs else "-"
-    return [what, fmt.format(mine), fmt.format(theirs), times, best_cell]
+    return [what, cells[0], cells[1], times, best_cell]
+
+
+class _Med:
+    """A row's median of `metric` times `scale`; it also knows where the spread is."""
+
+    def __init__(self, metric: str, scale: float = 1.0) -> None:
+        self.metric, self.scale = metric, scale
+
+    def __call__(self, row: dict[str, Any]) -> float:
+        return float(row[self.metric]["median"]) * self.scale
+
+
+def _marks(
+    rows: dict[str, Any], keys: list[str], value: Callable[[dict[str, Any]], float]
+) -> dict[str, str]:
+    """Per cell: "±N%" (half the IQR relative to the median), "(n=1)" when measured once,
+    and "~" when the spread exceeds the gap to the nearest other cell of the line. Nothing
+    for derived figures (ratios of medians), which have no spread of their own."""
+    if not isinstance(value, _Med):
+        return dict.fromkeys(keys, "")
+    summaries = {k: Summary.from_dict(rows[k][value.metric]) for k in keys}
+    shaky = noisy(summaries)
+    out = {}
+    for k, s in summaries.items():
+        if s.n < 2:
+            out[k] = f"\n{ONCE}"
+            continue
+        pct = s.spread * 100
+        spread = f"±{pct:.0f}%" if pct >= 1 else f"±{pct:.1g}%"
+        out[k] = f"\n{spread}{NOISY if k in shaky else ''}"
+    return out
 
 
 def _med(metric: str, scale: float = 1.0) -> Callable[[dict[str, Any]], float]:
-    return lambda row: float(row[metric]["median"]) * scale
+    return _Med(metric, scale)
 
 
 def headline(scenarios: dict[str, Any]) -> Table:
@@ -61,7 +100,7 @@ def headline(scenarios: dict[str, Any]) -> Table:
         res = ok["contention"]
         variants = (
             ("select1", "SELECT 1"),
-            ("sleep2ms", "2 ms work"),
+            ("sleep2ms", "2 ms"),
             ("select1_one_cpu", "1 CPU"),
         )
         for variant, what in variants:
@@ -132,7 +171,10 @@ def headline(scenarios: dict[str, Any]) -> Table:
             )
     cols = ["", "pgpool", "psycopg2", "ratio", "best other pool"]
     notes = [
-        "medians from this run, Threaded pools; ratio: pgpool / psycopg2 of the two medians shown",
+        "medians from this run, Threaded pools; under each: half the interquartile range "
+        "relative to the median (the scenario tables say how many repetitions), (n=1) if "
+        "measured once, ~ if that spread exceeds the gap to the nearest other cell of the line",
+        "ratio: pgpool / psycopg2 of the two medians shown",
         "best other pool: psycopg2-pool, psycopg_pool, SQLAlchemy or DBUtils, among those "
         "that kept within maxconn",
     ]
