@@ -13,7 +13,7 @@ fi
 # Install again only when pyproject.toml changed since the last install of these extras.
 stamp=".venv/.pgpool-installed-${extras//,/-}"
 if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
-    echo "== installing pgpool with [$extras] into .venv (first run only; about a minute)"
+    echo "== installing pgpool with [$extras] into .venv (first run only; the time it took follows)"
     start=$SECONDS
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e ".[$extras]"

@@ -45,7 +45,12 @@ def quick_run(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
         secret = "n0t-t0-be-printed"
         dsn = make_dsn(dsn, password=secret)
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        contextlib.redirect_stdout(printed),
+        contextlib.redirect_stderr(printed),
+    ):
+        mp.delenv("COLUMNS", raising=False)  # piped output: the bench's own 100 columns
         code = main(["bench", "--quick", "--dsn", dsn, "--out", str(out)])
     return out, code, printed.getvalue(), secret
 
