@@ -226,6 +226,32 @@ def test_a_duration_of_inf_means_no_limit(option: str) -> None:
         pool.closeall()
 
 
+@pytest.mark.parametrize("value", [math.inf, math.nan, -math.inf], ids=repr)
+@pytest.mark.parametrize("option", ["max_waiting", "max_connecting"])
+def test_a_count_option_refuses_inf_and_nan_by_name(option: str, value: float) -> None:
+    with pytest.raises(TypeError, match=f"^{option} must be an int, got float"):
+        _new_pool(FakeServer(), **{option: value})
+
+
+@pytest.mark.parametrize("option", ["max_waiting", "max_connecting"])
+def test_a_count_option_beyond_float_is_just_a_large_count(option: str) -> None:
+    pool = _new_pool(FakeServer(), **{option: 10**400})  # ints have no overflow: no limit
+    try:
+        _still_works(pool)
+    finally:
+        pool.closeall()
+
+
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_an_unprintable_value_is_refused_by_name() -> None:
+    with pytest.raises(TypeError, match=r"^timeout .* _Unprintable whose repr\(\) failed"):
+        _new_pool(FakeServer(), timeout=_Unprintable())
+
+
 @pytest.mark.parametrize(
     "timeout",
     [10**400, -(10**400), 10**5000, math.nan, -math.inf],
