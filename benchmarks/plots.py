@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from benchmarks import fleet
+from benchmarks import fleet, sizing
 
 COLORS = {
     "pgpool-threaded": "#1f5fbf",
@@ -413,6 +413,7 @@ PLOTTERS: dict[str, Callable[[dict[str, Any]], list[tuple[str, Figure]]]] = {
     "scale": _scale,
     "unpooled": _unpooled,
     "fleet": fleet.plot,  # drawn by its own module: it has no contenders
+    "sizing": sizing.plots,  # drawn by its own module
 }
 
 

@@ -31,7 +31,7 @@ from pgpool.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SCENARIOS = ["cycle", "contention", "churn", "spike", "scale", "unpooled", "fleet"]
+SCENARIOS = ["cycle", "contention", "churn", "spike", "scale", "unpooled", "fleet", "sizing"]
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_plots(quick_run: tuple[Path, int, str, str]) -> None:
     svgs = sorted(plots.glob("*.svg"))
     names = {p.stem for p in pngs}
     expected = {"cycle", "contention", "contention_wait_cdf", "churn", "churn_timeline"}
-    expected |= {"spike", "spike_timeline", "scale", "unpooled", "fleet"}
+    expected |= {"spike", "spike_timeline", "scale", "unpooled", "fleet", "sizing"}
     assert expected <= names
     assert {p.stem for p in svgs} == names
     for png in pngs:
