@@ -48,7 +48,8 @@ class _ToEventLog(logging.Handler):
         self._log = log
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._log.add("pgpool log", record.getMessage().splitlines()[0][:100])
+        line = record.getMessage().splitlines()[0]
+        self._log.add("pgpool log", line if len(line) <= 90 else line[:89] + "…")
 
 
 class Fault(threading.Thread):
@@ -56,14 +57,15 @@ class Fault(threading.Thread):
 
     def __init__(
         self,
-        kind: str,
+        scenario: Scenario,
         workloads: Sequence[Workload],
         server: EmbeddedPostgres | None,
         dsn: str,
         log: EventLog,
     ) -> None:
         super().__init__(name="demo-fault", daemon=True)
-        self.kind = kind
+        self.kind = scenario.fault
+        self.downtime = scenario.downtime
         self.workloads = workloads
         self.server = server
         self.dsn = dsn
@@ -76,9 +78,12 @@ class Fault(threading.Thread):
             return
         start = time.monotonic()
         if self.server is not None:
-            self.log.add("server", "restarting (pg_ctl restart -m fast)")
-            self.server.restart("fast")
-            self.log.add("server", f"back after {time.monotonic() - start:.1f} s")
+            self.log.add("server", "stopping (pg_ctl stop -m fast)")
+            self.server.stop("fast")
+            self.log.add("server", f"down; starting again in {self.downtime:.1f} s")
+            time.sleep(self.downtime)
+            self.server.start()
+            self.log.add("server", f"back, {time.monotonic() - start:.1f} s after the stop")
         else:  # a server we do not own: kill our sessions instead
             self.log.add("server", "not ours to restart: terminating the demo's sessions")
             run_sql(
@@ -178,7 +183,7 @@ def _loop(
                     w.active = p.threads
                 log.add("scenario", p.label)
             if scenario.fault and fault is None and now >= scenario.fault_at:
-                fault = Fault(scenario.fault, workloads, server, dsn, log)
+                fault = Fault(scenario, workloads, server, dsn, log)
                 fault.start()
             for i, (w, view) in enumerate(zip(workloads, views, strict=True)):
                 _sample(w, view)

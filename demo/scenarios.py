@@ -34,6 +34,7 @@ class Scenario:
     connect_delay: float = 0.0  # added to every connect, as if the server were far away
     fault: str | None = None  # "restart" or "leak"
     fault_at: float = 0.0
+    downtime: float = 0.0  # restart: seconds the server stays down between stop and start
     # pgpool's options for this scenario (the other pools have no equivalent).
     pgpool_options: dict[str, Any] = field(default_factory=dict)
 
@@ -56,6 +57,7 @@ class Scenario:
             think=self.think * factor,
             connect_delay=self.connect_delay * factor,
             fault_at=self.fault_at * factor,
+            downtime=self.downtime * factor,
             pgpool_options=options,
         )
 
@@ -81,8 +83,9 @@ SCENARIOS: dict[str, Scenario] = {
             name="contention",
             title="contention: 12 threads on 4 connections, 20 ms queries",
             watch="Every lane is busy and 8 threads queue. pgpool serves them in arrival "
-            "order, so no wait is much longer than 8 / 4 x 20 ms = 40 ms; psycopg2.pool "
-            "says 'exhausted' and its threads retry, so some wait far longer than others.",
+            "order: a wait is about 8 / 4 x 20 ms = 40 ms (more on a busy machine), and "
+            "every thread gets its turn. psycopg2.pool says 'exhausted' and its threads "
+            "retry: some wait far longer than others.",
             minconn=2,
             maxconn=4,
             phases=(Phase(0, 12, "12 threads"),),
@@ -111,9 +114,10 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             name="restart",
-            title="restart: the server restarts under load (6 threads, pool of 6)",
+            title="restart: the server stops under load for 2 s, then starts again",
             watch="While the server is down, requests fail and the lanes empty; when it is "
-            "back, pgpool reconnects (with back-off) and the lanes fill again.",
+            "back, pgpool reconnects (with back-off: 10 ms, doubling) and the lanes fill "
+            "again.",
             minconn=2,
             maxconn=6,
             phases=(Phase(0, 6, "6 threads"),),
@@ -122,6 +126,7 @@ SCENARIOS: dict[str, Scenario] = {
             think=0.01,
             fault="restart",
             fault_at=4,
+            downtime=2,
             pgpool_options={"timeout": 5, "maintenance_interval": 0.5},
         ),
         Scenario(

@@ -286,4 +286,4 @@ class Workload:
             self._last_error_logged = now
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         # Cut to fit an 80-column line with the time and the pool's name in front.
-        self.log.add(self.name, f"error: {type(exc).__name__}: {first_line}"[:60])
+        self.log.add(self.name, f"error: {type(exc).__name__}: {first_line}"[:56])

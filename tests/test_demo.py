@@ -59,8 +59,8 @@ def test_leak_is_reclaimed_by_pgpool_and_lost_by_psycopg2(dsn: str) -> None:
 def test_restart_scenario_restarts_the_server(restartable_server: EmbeddedPostgres) -> None:
     text = _run("restart", restartable_server.dsn, server=restartable_server)
     _check_plain(text, ["pgpool"])
-    assert "restarting (pg_ctl restart -m fast)" in text
-    assert "back after" in text
+    assert "stopping (pg_ctl stop -m fast)" in text
+    assert "s after the stop" in text
 
 
 def test_side_by_side_and_record(dsn: str, tmp_path: Path) -> None:
