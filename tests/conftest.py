@@ -28,6 +28,7 @@ signal cannot end it. Three things keep the run bounded:
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import sys
@@ -75,6 +76,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 HANG_GRACE = float(os.environ.get("PGPOOL_TEST_HANG_GRACE", "20"))
 _session_dsn: str | None = None  # the session server's, once the pg_server fixture started it
+_session_server: EmbeddedPostgres | None = None  # the same, when it is ours to stop
 
 
 class _HangBreaker:
@@ -99,24 +101,29 @@ class _HangBreaker:
     def _watch(self) -> None:
         while True:
             time.sleep(min(1.0, HANG_GRACE / 4))
-            with self._lock:
-                test, cancelled = self._test, self._cancelled
-            if test is None or time.monotonic() < test[1]:
+            with self._lock:  # decide under the lock, act after releasing it
+                test, action = self._test, None
+                if test is not None and time.monotonic() >= test[1]:
+                    if not self._cancelled:
+                        self._cancelled, action = True, "cancel"
+                    elif time.monotonic() >= test[1] + HANG_GRACE:
+                        action = "exit"
+            if test is None or action is None:
                 continue
-            nodeid, due = test
-            if not cancelled:
-                with self._lock:
-                    self._cancelled = True
-                self._say(f"{nodeid} is past its timeout: cancelling queries that wait for a lock")
+            if action == "cancel":
+                self._say(f"{test[0]} is past its timeout: cancelling queries that wait for a lock")
                 self._cancel_lock_waits()
-            elif time.monotonic() >= due + HANG_GRACE:
-                # Like pytest-timeout's thread method: give the terminal back, then report.
-                capture = self.config.pluginmanager.getplugin("capturemanager")
-                if capture is not None:
-                    capture.suspend_global_capture(in_=True)
-                self._say(f"{nodeid} still hangs: the stacks, then the run ends (status 3)")
-                faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
-                os._exit(3)
+                continue
+            # Like pytest-timeout's thread method: give the terminal back, then report.
+            capture = self.config.pluginmanager.getplugin("capturemanager")
+            if capture is not None:
+                capture.suspend_global_capture(in_=True)
+            self._say(f"{test[0]} still hangs: the stacks, then the run ends (status 3)")
+            faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+            if _session_server is not None:  # os._exit skips atexit: stop the server here
+                with contextlib.suppress(Exception):
+                    _session_server.close()
+            os._exit(3)
 
     @staticmethod
     def _cancel_lock_waits() -> None:
@@ -188,15 +195,15 @@ class PgServer:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    global _session_dsn
+    global _session_dsn, _session_server
     if EXTERNAL_DSN:
         _session_dsn = EXTERNAL_DSN
         yield PgServer(EXTERNAL_DSN, None)
         return
     with EmbeddedPostgres() as server:
-        _session_dsn = server.dsn
+        _session_dsn, _session_server = server.dsn, server
         yield PgServer(server.dsn, server)
-        _session_dsn = None
+        _session_dsn, _session_server = None, None
 
 
 @pytest.fixture(scope="session")
