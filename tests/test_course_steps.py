@@ -236,3 +236,50 @@ def test_every_chapter_has_a_diagram_and_an_exercise() -> None:
         text = chapter.read_text(encoding="utf-8")
         assert "```mermaid" in text, f"{chapter.name}: no diagram"
         assert "\n## Exercise\n" in text, f"{chapter.name}: no exercise"
+
+
+def test_chapter_7_reads_pgpool_as_it_is() -> None:
+    """Every name chapter 7's reading order points at exists in pgpool (or the stdlib)."""
+    import os
+    import threading
+
+    import pgpool
+    import pgpool.connection
+    import pgpool.options
+    import pgpool.pool
+    import pgpool.state
+    import pgpool.watchdog
+
+    text = (LEARN / "07-pgpool.md").read_text(encoding="utf-8")
+    table = text.partition("| the course | pgpool |")[2].partition("\n\n")[0]
+    reading = text.partition("## The reading order")[2].partition("```mermaid")[0]
+    right_column = " ".join(row.split("|")[2] for row in table.splitlines()[2:])
+    names = set(re.findall(r"`([A-Za-z_][\w.]*)(?:\(\))?`", reading + right_column))
+    places: list[Any] = [
+        pgpool,
+        pgpool.state,
+        pgpool.pool,
+        pgpool.connection,
+        pgpool.watchdog,
+        pgpool.options,
+        pgpool.state.PoolState,
+        pgpool.pool.AbstractConnectionPool,
+        threading,
+        os,
+    ]
+    options = set(pgpool.options.PoolOptions.__dataclass_fields__)
+    slot_fields = set(pgpool.state.Slot.__dataclass_fields__)
+
+    def exists(name: str) -> bool:
+        if name.endswith(".py"):
+            return (LEARN.parent.parent / "pgpool" / name).is_file()
+        head, _, rest = name.partition(".")
+        if not rest:
+            known = options | slot_fields
+            return name in known or any(hasattr(place, name) for place in places)
+        owner = next((getattr(p, head) for p in places if hasattr(p, head)), None)
+        return owner is not None and (hasattr(owner, rest) or rest in slot_fields)
+
+    missing = sorted(name for name in names if not exists(name))
+    assert len(names) > 30
+    assert not missing, f"docs/learn/07-pgpool.md names what pgpool no longer has: {missing}"
