@@ -355,10 +355,13 @@ def run_machine(subject: Subject, dsn: str, prop: str) -> Outcome:
 
 
 def check_bounded(subject: Subject, dsn: str) -> Outcome:
+    """State machine, maxconn 2: at most 2 connections are open after any sequence of calls."""
     return run_machine(subject, dsn, "bounded")
 
 
 def check_exclusive(subject: Subject, dsn: str) -> Outcome:
+    """State machine, maxconn 2: no connection is held by two callers at once, even after a
+    caller returned a connection twice."""
     return run_machine(subject, dsn, "exclusive")
 
 
@@ -467,7 +470,8 @@ def check_unlocked_connect(subject: Subject, dsn: str) -> Outcome:
 
 
 def check_connect_budget(subject: Subject, dsn: str, callers: int = 8) -> Outcome:
-    """A spike at an empty pool starts at most 2 connects at once (max_connecting)."""
+    """A spike at an empty pool starts at most 2 connects at once (max_connecting). A pool
+    that connects under its lock passes by connecting one at a time (the row above)."""
     with Harness(subject, dsn) as h:
         pool = h.make(0, callers)
         h.probe.hold_connects()

@@ -90,6 +90,10 @@ def render() -> str:
             else:
                 row.append(outcome.verdict)
         lines.append(f"| {prop.title} | " + " | ".join(row) + " |")
+    lines += ["", "## What each row checks", ""]
+    for prop in PROPERTIES:
+        doc = " ".join((prop.check.__doc__ or "").split())
+        lines.append(f"- **{prop.title}**: {doc} (`{prop.check.__name__}`)")
     lines += ["", "## How each failure was caught", ""]
     lines += [f"{number}. {note}" for number, note in enumerate(notes, 1)]
     lines += [
