@@ -9,8 +9,8 @@ Opening 45 connections to serve this spike is the wrong answer: five connections
 serve 50 requests of 2 ms in about 20 ms, long before even *one* new connection is ready
 at 150 ms. A pool that opens a connection for every waiter ends up with 40-50 connections
 it never needed (and the server with as many backends); a pool that connects *while
-holding its lock* (psycopg2.pool, DBUtils) also stalls every other checkout and return
-for 150 ms per connect.
+holding its lock* (psycopg2.pool, psycopg2-pool, DBUtils) also stalls every other checkout
+and return for 150 ms per connect.
 
 pgpool opens at most ``max_connecting`` (2) connections at a time and hands returned
 connections to waiters first come first served, so the spike is served by the five it

@@ -79,3 +79,37 @@ def test_sessions_over_maxconn_are_marked() -> None:
 
 def test_summary_of_identical_values_has_no_spread() -> None:
     assert Summary.from_dict(summarize([2.0, 2.0]).to_dict()).spread == 0.0
+
+
+def test_plot_value_labels_are_plain_numbers() -> None:
+    from benchmarks.plots import plain
+
+    assert plain(27_480.4) == "27,480"  # not 2.75e+04
+    assert plain(15_464.0) == "15,464"
+    assert plain(21.74) == "21.7"
+    assert plain(0.948) == "0.95"
+
+
+def test_plot_marks_a_pool_over_maxconn_and_labels_past_the_error_bar() -> None:
+    import matplotlib.pyplot as plt
+
+    from benchmarks.plots import _bars
+
+    rows = {
+        "pgpool-threaded": {
+            "qps": {"median": 100.0, "p25": 90.0, "p75": 130.0, "min": 1, "max": 1, "n": 3},
+            "sessions": sessions([4], 4),
+        },
+        "psycopg2-pool-ts": {"qps": summarize([150.0]).to_dict(), "sessions": sessions([19], 4)},
+    }
+    fig, ax = plt.subplots()
+    try:
+        _bars(ax, rows, {"pgpool-threaded": "pgpool", "psycopg2-pool-ts": "peer"}, "qps")
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert labels == ["pgpool", "peer\n(19 sessions > max 4)"]
+        assert [bar.get_hatch() for bar in ax.patches] == [None, "//"]
+        first = ax.texts[0]
+        assert first.get_text() == "100" and first.xy[0] == 130.0  # at the p75 end, not on it
+        assert ax.get_xlim()[1] > 150.0  # room for the longest bar's label
+    finally:
+        plt.close(fig)
