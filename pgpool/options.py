@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 
 import psycopg2
 
@@ -81,11 +82,16 @@ class PoolOptions:
 def _size(option: str, value: object, *, minimum: int) -> int:
     """`minconn`/`maxconn` as an int, accepting what psycopg2.pool's `int()` accepts unambiguously.
 
-    psycopg2.pool applies `int()`, so `"4"` (read from the environment) and `4.0` work there;
-    they work here too. What `int()` would silently truncate or guess at is refused: `2.7`
-    (is that 2 or 3?), `True` (a flag passed in the wrong place), `None`, `"two"`, `"2.0"`.
+    psycopg2.pool applies `int()`, so `"4"` (read from the environment), `4.0` and integer
+    types such as numpy's `int64` work there; they work here too. What `int()` would
+    silently truncate or guess at is refused: `2.7` (is that 2 or 3?), `True` (a flag passed
+    in the wrong place), `None`, `"two"`, `"2.0"`.
     """
-    if isinstance(value, str):
+    if isinstance(value, bool):
+        pass  # refused below: an int to Python, a mistake as a size
+    elif not isinstance(value, int) and isinstance(value, SupportsIndex):
+        value = operator.index(value)  # an integer type (numpy.int64): exact, never truncated
+    elif isinstance(value, str):
         # int() of a str takes an optionally signed decimal integer, spaces around it allowed;
         # anything else stays a str and is refused below with the usual message.
         with contextlib.suppress(ValueError):

@@ -83,6 +83,19 @@ def _still_works(pool: pgpool.AbstractConnectionPool) -> None:
     assert (s.in_use, s.connecting, s.waiting) == (0, 0, 0)
 
 
+class Index:
+    """An integer type that is not an int (like numpy.int64): it has `__index__`."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Index({self.value})"
+
+
 def expected_size(value: Any) -> int | None:
     """What a size means, or None where it must be refused: psycopg2.pool's `int(value)`,
     where that is unambiguous. A str counts when int() takes it; a float when it is whole."""
@@ -90,6 +103,8 @@ def expected_size(value: Any) -> int | None:
         return None  # True is an int to Python, but as a size it is a mistake
     if isinstance(value, int):
         return value
+    if isinstance(value, Index):
+        return value.value
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value == int(value) else None
     if isinstance(value, str):
@@ -101,11 +116,11 @@ def expected_size(value: Any) -> int | None:
 
 
 def _spelled(n: int) -> st.SearchStrategy[Any]:
-    """`n` as psycopg2.pool accepts it: int, float, and str with a sign and spaces around."""
+    """`n` as psycopg2.pool accepts it: int, float, an integer type, a str with sign and spaces."""
     space = st.sampled_from(["", " ", "  ", "\t", "\n"])
     sign = st.sampled_from(["", "+"] if n >= 0 else [""])
     text = st.builds(lambda a, s, b: f"{a}{s}{n}{b}", space, sign, space)
-    return st.one_of(st.just(n), st.just(float(n)), text)
+    return st.one_of(st.just(n), st.just(float(n)), st.just(Index(n)), text)
 
 
 small_size = st.integers(min_value=-3, max_value=8).flatmap(_spelled)
@@ -150,6 +165,7 @@ def test_sizes_are_accepted_or_refused_by_name(minconn: Any, maxconn: Any) -> No
         (" 2 ", "\t4\n", (2, 4)),
         ("+1", 2.0, (1, 2)),
         (0.0, "1", (0, 1)),
+        (Index(1), Index(2), (1, 2)),
     ],
     ids=repr,
 )
