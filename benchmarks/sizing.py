@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from benchmarks import contenders as cs
-from benchmarks.common import Context, Table, fmt, opened, run_threads
+from benchmarks.common import Context, Table, fmt, opened, run_threads, spread_column, spread_note
 from benchmarks.stats import percentiles, summarize
 
 if TYPE_CHECKING:
@@ -144,16 +144,17 @@ def tables(result: dict[str, Any]) -> list[Table]:
     cols = [
         "maxconn",
         "queries/s",
-        "request p50 ms",
-        "request p99 ms",
+        "req p50 ms",
+        "req p99 ms",
         "query p50 ms",
         "query p99 ms",
         "busy (λW)",
     ]
+    qps = spread_column(result["rows"], "qps", 0)
     rows = [
         [
             n,
-            fmt(row["qps"]["median"], 0),
+            qps[n],
             fmt(row["request_p50_ms"]["median"], 1),
             fmt(row["request_p99_ms"]["median"], 1),
             fmt(row["query_p50_ms"]["median"], 2),
@@ -163,10 +164,11 @@ def tables(result: dict[str, Any]) -> list[Table]:
         for n, row in result["rows"].items()
     ]
     notes = [
-        f"{st['threads']} threads, pgpool Threaded (maxconn, maxconn); median of "
-        f"{st['repetitions']} runs of {st['seconds']:g} s per maxconn",
+        f"{st['threads']} threads, pgpool Threaded (maxconn, maxconn); "
+        + spread_note(st["repetitions"], f"runs of {st['seconds']:g} s per maxconn")
+        + " (queries/s; the other columns are medians)",
         "mix per thread: 3 x generate_series(1, 20000) (CPU), 1 x pg_sleep(0.005) (waiting)",
-        "request = checkout wait + query + return; busy = queries/s x mean query time "
+        "req (request) = checkout wait + query + return; busy = queries/s x mean query time "
         "(Little's law: connections actually working, on average)",
     ]
     return [Table("sizing: throughput and latency against maxconn", cols, rows, notes)]
