@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument("--record", type=Path, metavar="FILE.svg", help="save the final frame")
     cli.add_argument("--dsn", help="use this PostgreSQL instead of starting one")
-    cli.add_argument("--short", action="store_true", help="run the scenario in ~3 s (tests)")
+    cli.add_argument("--short", action="store_true", help="run the scenario in ~2 s (tests)")
     return cli
 
 

@@ -26,7 +26,7 @@ from testbed.embedded import EmbeddedPostgres, run_sql
 TICK = 0.2  # seconds between samples: one character of a lane per tick
 PLAIN_EVERY = 1.0  # seconds between status lines when piped
 OPENED_EVERY = 2.0  # connects are logged as one line per pool per this many seconds
-SHORT_DURATION = 2.5  # --short: every scenario scaled to about this long
+SHORT_DURATION = 2.0  # --short: every scenario scaled to about this long
 APPLICATION_NAME = "pgpool-demo"
 RECORD_WIDTH = 100
 

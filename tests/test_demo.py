@@ -1,7 +1,7 @@
 """The demo (`python -m demo`) runs every scenario to its end, piped, in its short mode.
 
 Piped output must be plain (no escape codes) and fit 80 columns; the final frame must name
-the lanes. Each run takes about three seconds.
+the lanes. Each run takes about two seconds.
 """
 
 from __future__ import annotations
