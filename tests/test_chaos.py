@@ -1,5 +1,6 @@
 """Chaos soak: worker threads run transactions while a fault injector kills backends,
-restarts the server and black-holes the network, at random, for a bounded time.
+restarts the server and black-holes the network, at random, for a bounded time. One request
+in a hundred forgets its connection in a long query, for `max_lease` to reclaim.
 
 Checked all along: the pool never counts more than maxconn connections, every connection
 handed out is fit to use, every failure a caller sees is a clear exception. Checked at the
@@ -45,6 +46,7 @@ MAXCONN = 5
 MINCONN = 2
 WORKERS = 8
 CHECKOUT_TIMEOUT = 3.0
+MAX_LEASE = 1.0  # forgotten borrowers (1 % of requests) are reclaimed after this long
 SUSTAINED = 3.0  # seconds a server-side count above maxconn may last with no fault around
 
 
@@ -66,6 +68,7 @@ class Figures:
     unrecovered_before_next_fault: int = 0
     max_pool_size: int = 0
     max_server_backends: int = 0
+    leases_reclaimed: int = 0
     server_samples_over_maxconn: int = 0
 
 
@@ -80,6 +83,7 @@ class Worker(threading.Thread):
         self.committed: set[int] = set()
         self.unknown: set[int] = set()
         self.rolled_back: set[int] = set()
+        self.forgotten = 0  # connections kept past max_lease
 
     def run(self) -> None:
         seq = 0
@@ -110,12 +114,19 @@ class Worker(threading.Thread):
                     conn.commit()
                     self.committed.add(seq)
                     chaos.committed_at(time.monotonic())
-                elif roll < 0.93:
+                elif roll < 0.92:
                     self.rolled_back.add(seq)  # returned mid-transaction: the pool rolls back
-                else:
+                elif roll < 0.99:
                     self.rolled_back.add(seq)  # returned in a failed transaction
                     with contextlib.suppress(psycopg2.errors.DivisionByZero):
                         cur.execute("SELECT 1 / 0")
+                else:
+                    # A borrower that forgets its connection, busy in a query past max_lease:
+                    # the pool reclaims it (cutting the query) and refills, and the late
+                    # putconn below is harmless. Its slot must stay counted until closed.
+                    self.rolled_back.add(seq)
+                    self.forgotten += 1
+                    cur.execute("SELECT pg_sleep(%s)", (MAX_LEASE * 3,))
         except BaseException as error:
             chaos.saw(error)
             (self.unknown if commit_attempted else self.rolled_back).add(seq)
@@ -151,6 +162,7 @@ class Chaos:
             pool_dsn(self.proxy.dsn_for(server.dsn), self.app),
             timeout=CHECKOUT_TIMEOUT,
             maintenance_interval=0.2,
+            max_lease=MAX_LEASE,
         )
         self.workers = [Worker(self, n, self.rng.randrange(2**32)) for n in range(WORKERS)]
 
@@ -290,6 +302,7 @@ class Chaos:
         f.operations = f.committed + f.unknown + f.rolled_back
         f.errors = dict(self.errors)
         f.faults = dict(Counter(kind for kind, _, _ in self.fault_log))
+        f.leases_reclaimed = self.pool.stats().leases_reclaimed
         commits = sorted(self.commit_times)
         for i, (kind, _start, end) in enumerate(self.fault_log):
             next_start = self.fault_log[i + 1][1] if i + 1 < len(self.fault_log) else float("inf")
@@ -313,6 +326,8 @@ def _verify(chaos: Chaos) -> None:
     assert not chaos.violations, "\n".join(chaos.violations)
     f = chaos.figures
     assert f.faults and f.committed, f"the run did not test anything: {f}"
+    if any(worker.forgotten for worker in chaos.workers):
+        assert f.leases_reclaimed, "borrowers kept connections past max_lease: none reclaimed"
     # No slot lost: maxconn connections at once, each a live, distinct session.
     conns = [pool.getconn(timeout=15) for _ in range(MAXCONN)]
     try:
