@@ -438,8 +438,24 @@ def _build_connect_per_request(cfg: PoolConfig) -> Handle:
 
 
 CONTENDERS: list[Contender] = [
-    Contender("pgpool-threaded", "pgpool Threaded", True, False, "psycopg2", _build_pgpool(True)),
-    Contender("pgpool-simple", "pgpool Simple", False, False, "psycopg2", _build_pgpool(False)),
+    Contender(
+        "pgpool-threaded",
+        "pgpool Threaded",
+        True,
+        False,
+        "psycopg2",
+        _build_pgpool(True),
+        note="pgpool.ThreadedConnectionPool: waits (first come, first served) when exhausted",
+    ),
+    Contender(
+        "pgpool-simple",
+        "pgpool Simple",
+        False,
+        False,
+        "psycopg2",
+        _build_pgpool(False),
+        note="pgpool.SimpleConnectionPool: for one thread, no background thread",
+    ),
     Contender(
         "psycopg2-threaded",
         "psycopg2 Threaded",
@@ -451,7 +467,13 @@ CONTENDERS: list[Contender] = [
         "loop (sleep 1 ms, retry)",
     ),
     Contender(
-        "psycopg2-simple", "psycopg2 Simple", False, False, "psycopg2", _build_psycopg2(False)
+        "psycopg2-simple",
+        "psycopg2 Simple",
+        False,
+        False,
+        "psycopg2",
+        _build_psycopg2(False),
+        note="psycopg2.pool.SimpleConnectionPool: no lock, one thread only",
     ),
     Contender(
         "psycopg2-pool-ts",
@@ -482,7 +504,8 @@ CONTENDERS: list[Contender] = [
         "psycopg 3",
         _build_psycopg_pool,
         requires="psycopg_pool",
-        note="psycopg 3 driver: compare with the raw psycopg 3 floor",
+        note="psycopg_pool.ConnectionPool on the psycopg 3 driver: compare with the raw "
+        "psycopg 3 floor",
     ),
     Contender(
         "sqlalchemy",
@@ -530,7 +553,7 @@ CONTENDERS: list[Contender] = [
         True,
         "psycopg2",
         _build_connect_per_request,
-        note="what pooling saves",
+        note="psycopg2.connect() and close() around every request: what pooling saves",
     ),
 ]
 

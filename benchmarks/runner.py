@@ -125,6 +125,7 @@ def _versions() -> dict[str, str | None]:
         "psycopg_pool": _version("psycopg-pool"),
         "SQLAlchemy": _version("SQLAlchemy"),
         "DBUtils": _version("DBUtils"),
+        "psycopg2-pool": _version("psycopg2-pool"),
         "matplotlib": _version("matplotlib"),
     }
 
