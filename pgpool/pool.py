@@ -54,6 +54,11 @@ _pool_numbers = itertools.count(1)
 _live_pools: weakref.WeakSet[AbstractConnectionPool] = weakref.WeakSet()
 
 
+def live_pools() -> list[AbstractConnectionPool]:
+    """Every pool of this process that has not been garbage-collected (for metrics)."""
+    return list(_live_pools)
+
+
 class AbstractConnectionPool:
     """A pool of psycopg2 connections; see `ThreadedConnectionPool` for the one to use.
 
@@ -299,29 +304,14 @@ class AbstractConnectionPool:
 
     def stats(self) -> PoolStats:
         """A consistent, frozen snapshot of the pool's gauges and counters."""
-        s = self._state
         with self._lock:
-            return PoolStats(
-                name=self.name,
-                minconn=self.minconn,
-                maxconn=self.maxconn,
-                idle=len(s.idle),
-                in_use=s.in_use,
-                connecting=s.connecting,
-                waiting=len(s.waiters),
-                checkouts=s.checkouts,
-                waits=s.waits,
-                timeouts=s.timeouts,
-                wait_time=s.wait_time,
-                connections_opened=s.connections_opened,
-                connect_errors=s.connect_errors,
-                connections_closed=s.connections_closed,
-                idle_reaped=s.idle_reaped,
-                expired=s.expired,
-                leases_reclaimed=s.leases_reclaimed,
-                broken_returns=s.broken_returns,
-                failed_checks=s.failed_checks,
-            )
+            return self._state.snapshot()
+
+    def pop_stats(self) -> PoolStats:
+        """Like `stats()`, and set the counters back to zero in the same step: what a
+        metrics exporter that reports per-interval deltas reads. Gauges are not affected."""
+        with self._lock:
+            return self._state.snapshot(reset=True)
 
     def maintain(self) -> None:
         """Run one maintenance pass now: close idle connections past `max_idle` (above

@@ -28,6 +28,7 @@ from typing import Any
 
 from .errors import PoolError, TooManyWaiting
 from .options import PoolOptions
+from .stats import COUNTERS, PoolStats
 
 # Back-off after failed connects: 10 ms, doubling, capped at 2 s, with jitter. The cap keeps
 # recovery quick once the server is back; the doubling stops a pool hammering a dead server.
@@ -475,6 +476,27 @@ class PoolState:
         # Connections being returned or connected are closed by their owners on finding
         # the pool closed; they stay counted until then.
         return slots
+
+    # -- observing ------------------------------------------------------------------------
+
+    def snapshot(self, reset: bool = False) -> PoolStats:
+        """The gauges and counters now; with `reset`, the counters start again from zero."""
+        options = self.options
+        stats = PoolStats(
+            name=options.name,
+            minconn=options.minconn,
+            maxconn=options.maxconn,
+            size=self.size,
+            idle=len(self.idle),
+            in_use=self.in_use,
+            connecting=self.connecting,
+            waiting=len(self.waiters),
+            **{counter: getattr(self, counter) for counter in COUNTERS},
+        )
+        if reset:
+            for counter in COUNTERS:
+                setattr(self, counter, type(getattr(self, counter))())  # 0, or 0.0
+        return stats
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the bookkeeping is inconsistent (used by tests)."""

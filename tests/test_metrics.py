@@ -1,0 +1,99 @@
+"""Metrics: `stats()` and `pop_stats()` against the real server, and the Prometheus collector
+scraped from a real registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import pgpool
+from pgpool.metrics import PoolCollector
+from pgpool.stats import COUNTERS
+
+
+def _scrape(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """{(sample name, labels): value} from the registry's text exposition, as Prometheus sees it."""
+    text = generate_latest(registry).decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(scraped: dict[Any, float], name: str, pool: str, **labels: str) -> float:
+    return scraped[(name, frozenset({"pool": pool, **labels}.items()))]
+
+
+def test_the_snapshot_has_size_as_a_field(dsn: str) -> None:
+    with pgpool.ThreadedConnectionPool(2, 4, dsn) as pool:
+        conn = pool.getconn()
+        stats = pool.stats()
+        assert stats.size == stats.idle + stats.in_use + stats.connecting == 2
+        assert "size=2" in repr(stats)
+        pool.putconn(conn)
+
+
+def test_pop_stats_reads_and_resets_counters_in_one_step(dsn: str) -> None:
+    with pgpool.ThreadedConnectionPool(1, 2, dsn, timeout=0.05) as pool:
+        conns = [pool.getconn(), pool.getconn()]
+        with pytest.raises(pgpool.PoolTimeout):
+            pool.getconn()
+        popped = pool.pop_stats()
+        assert (popped.checkouts, popped.timeouts, popped.connections_opened) == (2, 1, 2)
+        after = pool.stats()
+        assert all(getattr(after, counter) == 0 for counter in COUNTERS), after
+        assert (after.in_use, after.size) == (2, 2)  # gauges are not counters
+        for conn in conns:
+            pool.putconn(conn)
+        assert pool.pop_stats().checkouts == 0 and pool.getconn() is not None
+        assert pool.stats().checkouts == 1
+
+
+def test_collector_exports_every_gauge_and_counter_of_every_pool(dsn: str) -> None:
+    registry = CollectorRegistry()
+    registry.register(PoolCollector())
+    first = pgpool.ThreadedConnectionPool(1, 3, dsn, name="metrics-a")
+    second = pgpool.ThreadedConnectionPool(0, 2, dsn, name="metrics-b", timeout=0.05)
+    try:
+        held = first.getconn()
+        taken = [second.getconn(), second.getconn()]
+        with pytest.raises(pgpool.PoolTimeout):
+            second.getconn()
+        scraped = _scrape(registry)
+        assert _value(scraped, "pgpool_connections", "metrics-a", state="in_use") == 1
+        assert _value(scraped, "pgpool_connections", "metrics-a", state="idle") == 0
+        assert _value(scraped, "pgpool_size", "metrics-b") == 2
+        assert _value(scraped, "pgpool_max_size", "metrics-b") == 2
+        assert _value(scraped, "pgpool_min_size", "metrics-a") == 1
+        assert _value(scraped, "pgpool_checkouts_total", "metrics-b") == 2
+        assert _value(scraped, "pgpool_timeouts_total", "metrics-b") == 1
+        assert _value(scraped, "pgpool_connections_opened_total", "metrics-a") == 1
+        assert _value(scraped, "pgpool_wait_seconds_total", "metrics-b") >= 0.0
+        exported = {name for name, labels in scraped if ("pool", "metrics-a") in labels}
+        totals = {name.removesuffix("_total") for name in exported if name.endswith("_total")}
+        # One counter per PoolStats counter, nothing forgotten, each under its own name.
+        assert len(totals) == len(COUNTERS)
+        assert "pgpool_leases_reclaimed" in totals and "pgpool_failed_checks" in totals
+        first.putconn(held)
+        for conn in taken:
+            second.putconn(conn)
+    finally:
+        first.closeall()
+        second.closeall()
+    # A closed pool is no longer exported.
+    assert not any(("pool", "metrics-a") in labels for _, labels in _scrape(registry))
+
+
+def test_collector_for_chosen_pools_only(dsn: str) -> None:
+    registry = CollectorRegistry()
+    with (
+        pgpool.ThreadedConnectionPool(1, 1, dsn, name="metrics-chosen") as chosen,
+        pgpool.ThreadedConnectionPool(1, 1, dsn, name="metrics-other"),
+    ):
+        registry.register(PoolCollector([chosen]))
+        pools = {dict(labels).get("pool") for _, labels in _scrape(registry)}
+        assert pools == {"metrics-chosen"}
