@@ -26,7 +26,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -157,7 +157,7 @@ class PgBouncer:
             if self._wait_accepting():
                 self._port_settled = True  # from now on restart() keeps this port
                 return self
-            self._process.wait(5)
+            self._kill()  # exited on its own (port taken?) or never answered
             if "in use" in self._log_tail() and not self._port_settled:
                 self._port = None  # someone took the port between pick and bind: re-pick
                 continue
@@ -172,8 +172,7 @@ class PgBouncer:
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+                self._kill()
         self._process = None
 
     def restart(self) -> None:
@@ -183,26 +182,16 @@ class PgBouncer:
 
     def admin(self, command: str) -> list[tuple[Any, ...]] | None:
         """Run one admin console command (``SHOW POOLS``, ``PAUSE``...); return its rows."""
-        conn = psycopg2.connect(self.admin_dsn, connect_timeout=5)
-        try:
-            conn.autocommit = True  # the console knows no transactions
-            with conn.cursor() as cur:
-                cur.execute(command)
-                return cur.fetchall() if cur.description is not None else None
-        finally:
-            conn.close()
+        with self._console() as cur:
+            cur.execute(command)
+            return cur.fetchall() if cur.description is not None else None
 
     def admin_dicts(self, command: str) -> list[dict[str, Any]]:
         """`admin`, with each row as a dict keyed by column name (``SHOW POOLS`` has ~15)."""
-        conn = psycopg2.connect(self.admin_dsn, connect_timeout=5)
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(command)
-                names = [column.name for column in cur.description or ()]
-                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        finally:
-            conn.close()
+        with self._console() as cur:
+            cur.execute(command)
+            names = [column.name for column in cur.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def pool_row(self) -> dict[str, Any]:
         """This database's row of ``SHOW POOLS`` (cl_active, cl_waiting, sv_active, ...)."""
@@ -233,6 +222,17 @@ class PgBouncer:
         return f"<PgBouncer {self.host}:{self._port} {self.pool_mode} mode, {state}>"
 
     # -- internals --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _console(self) -> Iterator[Any]:
+        """A cursor on a fresh admin console connection, closed afterwards."""
+        conn = psycopg2.connect(self.admin_dsn, connect_timeout=5)
+        try:
+            conn.autocommit = True  # the console knows no transactions
+            with conn.cursor() as cur:
+                yield cur
+        finally:
+            conn.close()
 
     @property
     def _config(self) -> Path:
@@ -268,6 +268,13 @@ class PgBouncer:
         if self._user is not None:
             user = _service_user()
             os.chown(self._config, user.pw_uid, user.pw_gid)
+
+    def _kill(self) -> None:
+        """SIGKILL the process if it still runs, and reap it."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+        if self._process is not None:
+            self._process.wait(10)
 
     def _wait_accepting(self, timeout: float = 15.0) -> bool:
         deadline = time.monotonic() + timeout

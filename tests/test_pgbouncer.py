@@ -22,6 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -327,3 +328,27 @@ def test_session_mode_needs_a_server_connection_per_pooled_connection(
             with pool.connection() as conn:
                 assert one(conn, "SELECT 1") == 1
         wait_for(lambda: pool.stats().in_use == 0, 5, "everything returned")
+
+
+# -- the testbed's PgBouncer itself -----------------------------------------------------------
+
+
+def test_the_testbed_pgbouncer_runs_unprivileged_and_keeps_its_port(
+    make_bouncer: BouncerFactory,
+) -> None:
+    """PgBouncer refuses to run as root: as root, the testbed runs it as the embedded
+    server's system user. A restart keeps the port (clients' DSNs stay valid); close()
+    removes its directory."""
+    bouncer = make_bouncer("transaction")
+    assert bouncer._process is not None
+    status = Path(f"/proc/{bouncer._process.pid}/status").read_text()
+    uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+    assert uid != 0
+    port = bouncer.port
+    bouncer.restart()
+    assert bouncer.port == port and bouncer.running
+    assert "transaction mode, running" in repr(bouncer)
+    directory = bouncer.directory
+    bouncer.close()
+    assert directory is not None and not directory.exists()
+    assert not bouncer.running
