@@ -82,3 +82,11 @@ def test_a_course_pool_runs_beside_pgpool(dsn: str) -> None:
 def test_command_line_rejects_an_unknown_pool(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["steady", "--short", "--dsn", dsn, "--pool", "nosuchpool"]) == 2
     assert "unknown pool 'nosuchpool'" in capsys.readouterr().err
+
+
+def test_restart_on_a_server_it_does_not_own_kills_only_its_sessions(dsn: str) -> None:
+    # With --dsn the demo may not restart the server: it terminates its own sessions
+    # (application_name pgpool-demo), which the pool must survive the same way.
+    text = _run("restart", dsn)
+    _check_plain(text, ["pgpool"])
+    assert "not ours to restart: terminating the demo's sessions" in text
