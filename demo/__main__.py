@@ -7,8 +7,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import psycopg2
 from rich.console import Console
 
+from benchmarks.dsn import mask_dsn
 from demo.runner import run
 from demo.scenarios import SCENARIOS
 from demo.workload import KNOWN_POOLS, check_name
@@ -66,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except ValueError as exc:
         print(f"python -m demo: {exc}", file=sys.stderr)
+        return 2
+    except psycopg2.OperationalError as exc:  # the server is unreachable: say so, briefly
+        reason = mask_dsn(str(exc).strip().splitlines()[0])  # libpq may echo the DSN
+        print(f"python -m demo: cannot connect: {reason}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

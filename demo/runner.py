@@ -235,7 +235,10 @@ class _News:
             self.first = now if self.first is None else self.first
         if view.opened > self.opened and now - self.told_at >= OPENED_EVERY:
             first = now if self.first is None else self.first
-            when = f" ({first:.1f}-{self.last:.1f} s)" if first < self.last else ""
+            if first < self.last:
+                when = f" ({first:.1f}-{self.last:.1f} s)"
+            else:  # one sample's worth, told now or later
+                when = f" (at {first:.1f} s)" if first < now else ""
             out.append(f"opened {view.opened - self.opened} connection(s){when}")
             self.opened, self.told_at, self.first = view.opened, now, None
         return out

@@ -90,3 +90,11 @@ def test_restart_on_a_server_it_does_not_own_kills_only_its_sessions(dsn: str) -
     text = _run("restart", dsn)
     _check_plain(text, ["pgpool"])
     assert "not ours to restart: terminating the demo's sessions" in text
+
+
+def test_command_line_says_when_it_cannot_connect(capsys: pytest.CaptureFixture[str]) -> None:
+    dsn = "host=127.0.0.1 port=1 password=not-to-be-printed connect_timeout=2"
+    assert main(["steady", "--short", "--dsn", dsn]) == 2
+    err = capsys.readouterr().err
+    assert "python -m demo: cannot connect:" in err
+    assert "not-to-be-printed" not in err
