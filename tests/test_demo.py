@@ -98,3 +98,38 @@ def test_command_line_says_when_it_cannot_connect(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "python -m demo: cannot connect:" in err
     assert "not-to-be-printed" not in err
+
+
+def test_squeeze_keeps_the_busiest_state_of_each_stretch() -> None:
+    from demo.view import squeeze
+
+    history = ["idle", "in use", "idle", "idle", "empty", "connecting"]
+    assert squeeze(history, 10) == history  # fits: unchanged
+    assert squeeze(history, 3) == ["in use", "idle", "connecting"]
+    assert squeeze(["leaked", "in use"], 1) == ["leaked"]
+
+
+def test_a_connection_keeps_its_lane_while_others_come_and_go() -> None:
+    from demo.adapter import CourseAdapter
+
+    a, b, c = object(), object(), object()
+    idle: list[object] = []
+    held: list[object] = []
+
+    class Pool:
+        _idle = idle
+        _connecting = 0
+
+    adapter = CourseAdapter(Pool(), 3, lambda: list(held))
+    held[:] = [a, b]
+    assert adapter.snapshot().lanes == ("in use", "in use", "empty")
+    held[:] = [b]  # a closed: its lane is freed, b stays in lane 2
+    Pool._connecting = 1
+    assert adapter.snapshot().lanes == ("connecting", "in use", "empty")
+    Pool._connecting = 0
+    held[:] = [b, c]  # c takes the first free lane
+    idle[:] = []
+    assert adapter.snapshot().lanes == ("in use", "in use", "empty")
+    held[:] = [c]
+    idle[:] = [b]  # b returned: same lane, now idle
+    assert adapter.snapshot().lanes == ("in use", "idle", "empty")
