@@ -65,6 +65,9 @@ def _plain_axis(ax: Axes, axis: str = "x") -> None:
     target = ax.xaxis if axis == "x" else ax.yaxis
     if target.get_scale() == "log":
         target.set_major_locator(LogLocator(base=10, numticks=8))
+        # Two unlabelled minor ticks per decade (2 and 5): matplotlib's eight cost seconds of
+        # layout per figure and read no better.
+        target.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0), numticks=8))
         target.set_minor_formatter(NullFormatter())
     target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,g}"))
 
@@ -261,7 +264,9 @@ def _contention(res: dict[str, Any]) -> list[tuple[str, Figure]]:
             xs = [max(x, 1e-3) for x in points["x"]]  # log axis: no zeros
             n = points.get("n") or len(xs)
             at_least = [1.0 - y + 1.0 / n for y in points["y"]]  # P(wait >= x)
-            style = {"label": labels.get(key, key), "color": _color(key), "linewidth": 1.5}
+            over = row.get("sessions", {}).get("over")
+            label = labels.get(key, key) + (" (over maxconn)" if over else "")
+            style = {"label": label, "color": _color(key), "linewidth": 1.5}
             top.step(xs, points["y"], where="post", **style)
             bottom.step(xs, at_least, where="post", **style)
         for ax in (top, bottom):
@@ -271,10 +276,12 @@ def _contention(res: dict[str, Any]) -> list[tuple[str, Figure]]:
             _plain_axis(ax)
         top.set_title(titles[variant], fontsize=10)
         top.set_ylabel("fraction of checkouts (CDF)")
-        top.legend(fontsize=8, loc="lower right")
         bottom.set_yscale("log")
         bottom.set_ylabel("fraction waiting at least x (log)")
         _plain_axis(bottom, "y")
+    # One legend for all panels, below them: inside a panel it covered the curves.
+    handles, names = grid[0][0].get_legend_handles_labels()
+    cdf.legend(handles, names, loc="outside lower center", ncols=min(6, len(names)), fontsize=8)
     cdf.suptitle(
         "contention: checkout waits. Top: most checkouts (left is better); "
         "bottom: the tail (a line reaching far right = a thread starved)"
