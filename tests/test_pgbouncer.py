@@ -173,40 +173,50 @@ def test_killed_server_connections_are_survived(
 # -- session state: what holds in session mode only -----------------------------------------
 
 
+# Session features: (what the first borrower does, what the next one runs, what it must
+# see). Each is left on the server connection the first borrower's transaction ran on.
+SESSION_FEATURES = {
+    "set": ("SET search_path TO borrower_one", "SHOW search_path", "borrower_one"),
+    "prepare": ("PREPARE answer AS SELECT 42", "EXECUTE answer", 42),
+    "temp-table": ("CREATE TEMP TABLE scratch AS SELECT 7 AS v", "SELECT v FROM scratch", 7),
+    "advisory-lock": (
+        "SELECT pg_advisory_lock(4242)",
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        1,
+    ),
+    "configure": (None, "SHOW search_path", "configured"),  # SET run by configure=
+}
+
+
+def _set_in_configure(conn: Any) -> None:
+    one(conn, "SET search_path TO configured")
+
+
+@pytest.mark.parametrize("feature", list(SESSION_FEATURES))
 @pytest.mark.parametrize("mode", [_xfail_in_transaction_mode(m) for m in MODES])
-def test_session_set_survives_a_return(make_bouncer: BouncerFactory, mode: PoolMode) -> None:
-    """A `SET` done by one borrower is still there for the next borrower of the same pooled
-    connection (pgpool resets only what its `reset` says). Another PgBouncer client takes
-    the server connection in between, which in transaction mode moves our next transaction
-    to another server connection."""
+def test_session_state_survives_a_return(
+    make_bouncer: BouncerFactory, mode: PoolMode, feature: str
+) -> None:
+    """What one borrower leaves in the session (a `SET`, a prepared statement, a temporary
+    table, a session advisory lock, or a `SET` run by the pool's `configure`) is still
+    there for the next borrower of the same pooled connection: pgpool resets only what its
+    `reset` says. Between the two, another PgBouncer client takes the server connection,
+    which in transaction mode moves our next transaction to another server connection."""
+    setup, check, expected = SESSION_FEATURES[feature]
     bouncer = make_bouncer(mode, default_pool_size=2)
-    with make_pool(bouncer, 1, 1) as pool, raw(bouncer) as other:
+    configure = _set_in_configure if setup is None else None
+    with make_pool(bouncer, 1, 1, configure=configure) as pool, raw(bouncer) as other:
         conn = pool.getconn()
-        one(conn, "SET search_path TO borrower_one")
+        if setup is not None:
+            one(conn, setup)
         pool.putconn(conn)
         other.cursor().execute("SELECT 1")  # a transaction left open: holds a server conn
         conn = pool.getconn()
         try:
-            assert one(conn, "SHOW search_path") == "borrower_one"
+            assert one(conn, check) == expected
         finally:
             other.rollback()
-            pool.putconn(conn)
-
-
-@pytest.mark.parametrize("mode", [_xfail_in_transaction_mode(m) for m in MODES])
-def test_prepared_statement_survives_a_return(make_bouncer: BouncerFactory, mode: PoolMode) -> None:
-    bouncer = make_bouncer(mode, default_pool_size=2)
-    with make_pool(bouncer, 1, 1) as pool, raw(bouncer) as other:
-        conn = pool.getconn()
-        one(conn, "PREPARE answer AS SELECT 42")
-        pool.putconn(conn)
-        other.cursor().execute("SELECT 1")
-        conn = pool.getconn()
-        try:
-            assert one(conn, "EXECUTE answer") == 42
-        finally:
-            other.rollback()
-            pool.putconn(conn, close=True)  # the statement would outlive the test otherwise
+            pool.putconn(conn, close=True)  # what it left must not outlive the test
 
 
 # -- the right reset for each mode ------------------------------------------------------------
