@@ -134,8 +134,10 @@ def _bouncer_unavailable(dsn: str) -> str | None:
     if find_pgbouncer() is None:
         return MISSING
     params = parse_dsn(dsn)
-    if params.get("password") or params.get("host", "").startswith("/"):
-        return "PgBouncer rows need a TCP server that trusts the user (no password)"
+    host = params.get("host", "")
+    # One TCP host: PgBouncer forwards to a host and port, not a socket or a host list.
+    if params.get("password") or not host or host.startswith("/") or "," in host:
+        return "PgBouncer rows need one TCP server that trusts the user (no password)"
     return None
 
 

@@ -33,6 +33,8 @@ def test_fleet_rows_need_pgbouncer_and_trust() -> None:
     if find_pgbouncer() is not None:
         assert fleet._bouncer_unavailable("host=db password=x") is not None
         assert fleet._bouncer_unavailable("host=/tmp dbname=x") is not None
+        assert fleet._bouncer_unavailable("dbname=x") is not None  # the default socket
+        assert fleet._bouncer_unavailable("host=a,b port=1,2") is not None
         assert fleet._bouncer_unavailable("host=127.0.0.1 port=5432") is None
     else:
         assert fleet._bouncer_unavailable("host=127.0.0.1") == MISSING
