@@ -25,7 +25,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from benchmarks import contenders as cs
-from benchmarks.common import Context, Table, fmt, opened, run_threads, spread_column, spread_note
+from benchmarks.common import (
+    Context,
+    Table,
+    fmt,
+    fmt_sessions,
+    opened,
+    run_threads,
+    sessions,
+    spread_column,
+    spread_note,
+)
 from benchmarks.stats import percentiles, summarize
 
 if TYPE_CHECKING:
@@ -97,6 +107,7 @@ def _one_run(ctx: Context, maxconn: int) -> dict[str, float]:
     with opened(contender, cfg) as handle:
         _load(handle, warmup)
         count, reqs, qs = _load(handle, duration)
+        peak = handle.opened.peak
     r50, r99 = percentiles(reqs, [50, 99])
     q50, q99 = percentiles(qs, [50, 99])
     qps = count / duration
@@ -108,6 +119,7 @@ def _one_run(ctx: Context, maxconn: int) -> dict[str, float]:
         "query_p99_ms": q99 * 1e3,
         # Little's law: connections busy on average = throughput x time each is held.
         "busy": qps * (sum(qs) / len(qs)),
+        "sessions": peak,  # the most connections open at once
     }
 
 
@@ -123,7 +135,10 @@ def run(ctx: Context) -> dict[str, Any]:
             runs[n].append(_one_run(ctx, n))
             ctx.advance(f"sizing / maxconn {n}")
     rows = {
-        str(n): {m: summarize(r[m] for r in results).to_dict() for m in METRICS}
+        str(n): {
+            **{m: summarize(r[m] for r in results).to_dict() for m in METRICS},
+            "sessions": sessions([int(r["sessions"]) for r in results], n),
+        }
         for n, results in runs.items()
     }
     return {
@@ -168,6 +183,10 @@ def tables(result: dict[str, Any]) -> list[Table]:
         + spread_note(st["repetitions"], f"runs of {st['seconds']:g} s per maxconn")
         + " (queries/s; the other columns are medians)",
         "mix per thread: 3 x generate_series(1, 20000) (CPU), 1 x pg_sleep(0.005) (waiting)",
+        "sessions (most connections open at once), per maxconn: "
+        + ", ".join(
+            f"{n} -> {fmt_sessions(row.get('sessions'))}" for n, row in result["rows"].items()
+        ),
         "req (request) = checkout wait + query + return; busy = queries/s x mean query time "
         "(Little's law: connections actually working, on average)",
     ]

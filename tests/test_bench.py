@@ -110,6 +110,8 @@ def test_sessions_counted_for_every_contender(quick_run: tuple[Path, int, str, s
             assert info["peak"] >= 1, key
             assert info["over"] == (info["peak"] > info["maxconn"]), key
         assert not rows["pgpool-threaded"]["sessions"]["over"]
+    for maxconn, row in scenarios["sizing"]["rows"].items():  # pgpool alone, per maxconn
+        assert 1 <= row["sessions"]["peak"] <= int(maxconn) == row["sessions"]["maxconn"]
     select1 = scenarios["contention"]["variants"]["select1"]["rows"]
     assert select1["psycopg2-pool-ts"]["sessions"]["over"]
     assert f"{select1['psycopg2-pool-ts']['sessions']['peak']} (>4)" in quick_run[2]
