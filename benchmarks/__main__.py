@@ -21,7 +21,8 @@ def parser(prog: str = "pgpool bench") -> argparse.ArgumentParser:
     bench = argparse.ArgumentParser(
         prog=prog,
         description=(
-            "Benchmark pgpool against psycopg2.pool, psycopg_pool, SQLAlchemy and DBUtils. "
+            "Benchmark pgpool against psycopg2.pool, psycopg2-pool, psycopg_pool, SQLAlchemy and "
+            "DBUtils. "
             "Starts a throwaway PostgreSQL unless --dsn is given; writes results.json, "
             "report.md and plots (PNG, SVG) into --out."
         ),
