@@ -104,6 +104,8 @@ def run_sql(
     connection that a failing test left in a transaction, and a test's teardown that waits
     for it must fail within seconds (SQLSTATE 55P03, lock_not_available), not hang the
     suite. No Python timeout could do this: libpq's wait cannot be interrupted by a signal.
+    The timeouts travel as the `options` startup parameter, which PgBouncer refuses unless
+    it is in its `ignore_startup_parameters`: point run_sql at the server itself.
     """
     conn = psycopg2.connect(
         dsn,
