@@ -69,7 +69,7 @@ ONE_CPU = "select1_one_cpu"  # a diagnostic: the goals are judged on the other t
 
 def _sizes(quick: bool) -> tuple[int, float, float]:
     """(repetitions, seconds per repetition, seconds of unrecorded warm-up load)."""
-    return (1, 0.3, 0.1) if quick else (3, 2.0, 0.2)
+    return (1, 0.2, 0.05) if quick else (3, 2.0, 0.2)
 
 
 def _contenders() -> list[cs.Contender]:

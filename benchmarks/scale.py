@@ -259,7 +259,7 @@ def _keys(threaded_only: bool) -> list[str]:
 
 def _sizes(quick: bool) -> tuple[int, int, int, float]:
     """(repetitions, cycles per maxconn point, thread repetitions, seconds per thread point)."""
-    return (1, 3000, 1, 0.1) if quick else (9, 5000, 3, 0.4)
+    return (1, 1000, 1, 0.05) if quick else (9, 5000, 3, 0.4)
 
 
 def steps(quick: bool) -> int:
