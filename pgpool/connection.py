@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import select
+import threading
 from typing import Any
 from urllib.parse import unquote
 
@@ -141,6 +142,28 @@ def readable(fds: list[int]) -> list[int]:
         poller.register(fd, select.POLLIN)
     events = select.POLLIN | select.POLLHUP | select.POLLERR
     return [fd for fd, event in poller.poll(0) if event & events]
+
+
+def cancel_quietly(conn: Any, timeout: float) -> bool:
+    """Ask the server to cancel whatever runs on `conn`; wait at most `timeout` seconds.
+
+    Cutting a connection's socket ends the client's wait, not the server's work: a backend
+    busy in a long query notices only when the query ends, and until then it still counts
+    against `max_connections` (and against the pool's maxconn, as the server sees it).
+    psycopg2's cancel() sends a cancel request on a separate, short connection, without the
+    connection's own lock, so it works while another thread waits in a query. It has no
+    time limit of its own (a black-holed network holds it for minutes), hence the helper
+    thread. Returns whether the request was delivered in time. Harmless on an idle backend.
+    """
+    done = threading.Event()
+
+    def cancel() -> None:
+        with contextlib.suppress(Exception):
+            conn.cancel()
+            done.set()
+
+    threading.Thread(target=cancel, name="pgpool-cancel", daemon=True).start()
+    return done.wait(timeout)
 
 
 def close_quietly(conn: Any) -> None:

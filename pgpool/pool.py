@@ -589,12 +589,14 @@ class AbstractConnectionPool:
     def _reclaim(self, slot: Slot, now: float) -> None:
         """Close a connection whose lease ran past max_lease; its slot is freed only after.
 
-        psycopg2's close() waits for a query running on the connection, which would stall
-        maintenance for as long as the forgotten borrower's query runs: cut the socket
-        first (the borrower's query fails at once), then close.
+        The server cancels the forgotten borrower's query first, so its backend ends with
+        the connection instead of running on past maxconn. psycopg2's close() waits for a
+        query running on the connection, which would stall maintenance for as long as the
+        query runs: cut the socket next (the borrower's call fails at once), then close.
         """
         try:
             self._log_reclaim(slot, now)
+            conn_ops.cancel_quietly(slot.conn, PING_TIMEOUT)
             watchdog.cut(slot.conn)
             conn_ops.close_quietly(slot.conn)
         finally:
