@@ -8,6 +8,7 @@ Both end with the final frame, which ``--record`` also saves as an SVG.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -144,10 +145,10 @@ def run(
         )
         console.print(summary, markup=False, highlight=False)
     if record is not None:
-        recorder = Console(record=True, width=RECORD_WIDTH, file=open("/dev/null", "w"))  # noqa: SIM115
+        # A console of its own, wide enough for two panels side by side, printing nowhere.
+        recorder = Console(record=True, width=RECORD_WIDTH, file=io.StringIO())
         recorder.print(render(frame, RECORD_WIDTH))
         recorder.save_svg(str(record), title=f"python -m demo {scenario_name}")
-        recorder.file.close()
         console.print(f"saved the final frame to {record}")
     return 0
 
