@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INERROR
@@ -43,6 +43,8 @@ from .state import LIFETIME_JITTER, PoolState, Slot, Waiter, same_key
 from .stats import PoolStats
 
 logger = logging.getLogger("pgpool")
+T = TypeVar("T")
+NOW = object()  # see _record
 
 # A health-check ping gets what the caller has left of its deadline, within these bounds:
 # a caller with timeout=0 still gets its connection checked, and one with a 30 s deadline
@@ -197,7 +199,7 @@ class AbstractConnectionPool:
         while not self._still_good(slot, now, deadline):
             if remaining > 0 and self._clock() >= deadline:  # the check used up the time
                 with self._lock:
-                    self._state.timeouts += 1
+                    self._state.timed_out()
                 raise self._timeout_error(remaining, remaining)
             slot, opened, now, deadline = self._checkout(key, 0.0, deadline)
             if opened:
@@ -280,7 +282,6 @@ class AbstractConnectionPool:
             if self._state.closed:
                 raise self._closed_error()
             slots = self._state.close(PoolClosed(f"pool {self.name!r} was closed"), in_use)
-        self._stop_maintenance()
         for slot in slots:
             conn_ops.close_quietly(slot.conn)
         logger.debug("pool %r closed %d connections", self.name, len(slots))
@@ -381,26 +382,25 @@ class AbstractConnectionPool:
             if state.closed:
                 raise self._closed_error()
             if key is not None:
-                sticky = state.keys.get(key)
+                sticky = state.take_sticky(key)  # or PoolError if another caller gets it
                 if sticky is not None:  # psycopg2 semantics: same key, same connection
-                    state.checkouts += 1
                     return sticky, True, now, deadline
-                if key in state.pending_keys:
-                    raise PoolError(
-                        f"pool {self.name!r}: another thread is already getting a connection "
-                        f"with key {key!r}"
-                    )
             slot = state.take_idle(key, now)
             if slot is not None:
                 return slot, False, now, deadline
-            if not state.reserve_connect(now, can_wait=now < deadline):
+            can_wait = now < deadline
+            # With a background connector, a caller that can wait queues, and is served by
+            # whichever comes first: a returned connection or the connector's new one.
+            if (can_wait and state.connector is not None) or not state.reserve_connect(
+                now, can_wait=can_wait
+            ):
                 if now >= deadline:
-                    state.timeouts += 1
+                    state.timed_out()
                     raise self._timeout_error(0.0, deadline - now)
                 waiter = Waiter(key, now)
                 state.enqueue(waiter)  # may serve it at once, or raise TooManyWaiting
             if key is not None:
-                state.pending_keys.add(key)  # until the connection is leased under the key
+                state.hold_key(key)  # until the connection is leased under the key
         try:
             if waiter is not None:
                 slot = self._await(waiter, deadline)
@@ -410,8 +410,7 @@ class AbstractConnectionPool:
             return self._open_reserved(key), True, now, deadline
         finally:
             if key is not None:
-                with self._lock:
-                    state.pending_keys.discard(key)
+                self._record(state.release_key, key)
 
     def _await(self, waiter: Waiter, deadline: float) -> Slot | None:
         """Sleep until `dispatch` serves the waiter, or the deadline passes (lock not held).
@@ -422,10 +421,11 @@ class AbstractConnectionPool:
         timed_out = False
         try:
             while not waiter.served:
-                # Wake at the deadline, or when a connect back-off ends (we may connect then).
+                # Wake at the deadline, or (without a connector) when a connect back-off
+                # ends: we may connect then.
                 now = self._clock()
                 until = deadline
-                if now < state.next_connect_at < until:
+                if state.connector is None and now < state.next_connect_at < until:
                     until = state.next_connect_at
                 if now < until:
                     remaining = until - now  # inf when timeout=inf: no time limit
@@ -443,8 +443,7 @@ class AbstractConnectionPool:
                         break
         except BaseException:
             # Interrupted (a signal handler raised, say): give back whatever we were handed.
-            with self._lock:
-                state.abandon(waiter, self._clock())
+            self._record(state.abandon, waiter, NOW)
             raise
         if timed_out:
             raise self._timeout_error(now - waiter.enqueued_at, deadline - waiter.enqueued_at)
@@ -456,21 +455,14 @@ class AbstractConnectionPool:
 
     def _open_reserved(self, key: Hashable | None) -> Slot:
         """Open a connection into a slot reserved under the lock, and lease it to the caller."""
+        state = self._state
         try:
             slot = self._open_slot()
         except BaseException as error:
-            with self._lock:
-                self._state.connect_failed(error, self._clock())
+            self._record(state.connect_failed, error, NOW)
             raise  # the driver's own error, unchanged
-        with self._lock:
-            if self._state.closed:
-                self._state.connected_after_close()
-                closed = True
-            else:
-                self._state.connected(slot, key, self._clock())
-                closed = False
-        if closed:
-            conn_ops.close_quietly(slot.conn)
+        if not self._record(state.connected, slot, key, NOW):
+            conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
             raise self._closed_error()
         return slot
 
@@ -512,13 +504,8 @@ class AbstractConnectionPool:
                     return True
             except BaseException as exc:  # KeyboardInterrupt, say: free the slot, then raise
                 interrupted = exc
-        with self._lock:
-            if expired:
-                self._state.expired += 1
-            else:
-                self._state.failed_checks += 1
-            if self._state.leased.get(id(slot.conn)) is slot:  # not reclaimed meanwhile
-                self._state.drop_leased(slot, now)
+        state = self._state
+        self._record(state.drop_leased, slot, now, "expired" if expired else "failed check")
         why = "expired" if expired else "failed its health check"
         logger.info("pool %r: dropping a connection that %s", self.name, why)
         conn_ops.close_quietly(slot.conn)
@@ -539,14 +526,9 @@ class AbstractConnectionPool:
             )
         except BaseException as exc:  # KeyboardInterrupt in a reset callback: free the slot
             keep, interrupted = False, exc
-        with self._lock:
-            state = self._state
-            if not keep and not close:
-                if expired:
-                    state.expired += 1
-                else:
-                    state.broken_returns += 1
-            keep = state.end_return(slot, self._clock(), keep)
+        state = self._state
+        why = None if close else "expired" if expired else "broken"
+        keep = self._record(state.end_return, slot, NOW, keep, why)
         if not keep:
             conn_ops.close_quietly(conn)
         if interrupted is not None:
@@ -562,29 +544,25 @@ class AbstractConnectionPool:
             for slot in slots:
                 conn_ops.close_quietly(slot.conn)
             raise
-        self._state.idle.extend(slots)
-        self._state.connections_opened += len(slots)
+        self._state.opened_initial(slots)
 
     def _refill_one(self, reserved: int) -> bool:
         """Open one connection for a slot reserved by maintenance. On failure, release all
         `reserved` reservations (the back-off decides when to try again) and return False."""
+        state = self._state
         try:
             slot = self._open_slot()
-        except Exception as error:
-            with self._lock:
-                self._state.connect_failed(error, self._clock())
-                self._state.connecting -= reserved - 1
-            logger.warning("pool %r: could not refill to minconn: %s", self.name, error)
+        except BaseException as error:
+            error.__traceback__ = None  # nobody raises it again: keep no frames alive
+            self._record(state.connect_failed, error, NOW, reserved)
+            if not isinstance(error, Exception):
+                raise
+            logger.warning("pool %r: could not open a connection: %s", self.name, error)
             return False
-        with self._lock:
-            closed = self._state.closed
-            if closed:
-                self._state.connected_after_close()
-            else:
-                self._state.connected_idle(slot, self._clock())
-        if closed:
-            conn_ops.close_quietly(slot.conn)
-        return not closed
+        if not self._record(state.connected_idle, slot, NOW):
+            conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
+            return False
+        return True
 
     def _reclaim(self, slot: Slot, now: float) -> None:
         """Close a connection whose lease ran past max_lease; its slot is freed only after.
@@ -630,10 +608,9 @@ class AbstractConnectionPool:
             try:
                 alive = conn_ops.ping(slot.conn, PING_TIMEOUT)
             finally:
-                with self._lock:
-                    if not alive:
-                        self._state.failed_checks += 1
-                    alive = self._state.end_return(slot, self._clock(), alive)
+                state = self._state
+                why = None if alive else "failed check"
+                alive = self._record(state.end_return, slot, NOW, alive, why)
                 if not alive:
                     conn_ops.close_quietly(slot.conn)
 
@@ -643,8 +620,32 @@ class AbstractConnectionPool:
         self._next_maintenance = now + (self._options.maintenance_interval or math.inf)
         self.maintain()
 
-    def _stop_maintenance(self) -> None:
-        """Hook for pools with a background thread."""
+    def _record(self, transition: Callable[..., T], *args: Any) -> T:
+        """Run `transition(*args)` under the lock to record the outcome of I/O just done;
+        an argument `NOW` is replaced with the clock, read under the lock.
+
+        It must not be lost: a connect that succeeded or failed, a connection cleaned,
+        would otherwise leave its slot reserved forever. So an exception that arrives while
+        this thread waits for the lock (a KeyboardInterrupt from a signal handler) is held
+        back until the transition has run, then raised. One the transition itself raises
+        is raised at once (it is a bug; running it again could count twice).
+        """
+        interrupted: BaseException | None = None
+        done = False
+        while not done:
+            ran = False
+            try:
+                with self._lock:
+                    ran = True
+                    result = transition(*[self._clock() if a is NOW else a for a in args])
+                    done = True
+            except BaseException as exc:
+                if ran and not done:
+                    raise
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
+        return result
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -658,8 +659,14 @@ class AbstractConnectionPool:
             f"{what}: pool {self.name!r} waited {waited:.3f} s (timeout {timeout:g} s); "
             f"{s.in_use} in use, {s.connecting} connecting, maxconn {self.maxconn}"
         )
-        if s.last_connect_error is not None and s.connect_failures:
-            message += f"; the last connect failed: {s.last_connect_error}"
+        error = s.last_connect_error
+        if error is not None and s.connect_failures:
+            # Say why nothing came: the connects are failing. The driver's error (already
+            # scrubbed of passwords) is also the timeout's __cause__, so a traceback shows it.
+            message += f"; the last connect failed: {type(error).__name__}: {error}"
+            timeout_error = PoolTimeout(message)
+            timeout_error.__cause__ = error
+            return timeout_error
         return PoolTimeout(message)
 
     # -- fork -----------------------------------------------------------------------------
@@ -674,8 +681,7 @@ class AbstractConnectionPool:
                 conn_ops.disown(slot.conn, devnull)
         finally:
             os.close(devnull)
-        self._state = PoolState(self._options)
-        self._state.closed = old.closed
+        self._state = PoolState(self._options, closed=old.closed)
         self._reclaimed = weakref.WeakSet()
         if self._options.maintenance_interval is not None:
             self._next_maintenance = 0.0

@@ -19,13 +19,13 @@ session defaults to restore on return.
 from __future__ import annotations
 
 import random
-import threading
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from traceback import StackSummary
-from typing import Any
+from typing import Any, Literal
 
+from .bell import Bell
 from .errors import PoolError, TooManyWaiting
 from .options import PoolOptions
 from .stats import COUNTERS, PoolStats
@@ -64,46 +64,34 @@ class Slot:
     lease_stack: StackSummary | None = None  # where getconn was called, when max_lease is on
 
 
-@dataclass(eq=False, slots=True)
-class Waiter:
-    """A caller queued in getconn. `dispatch` fills in exactly one of slot/connect/error.
+class Waiter(Bell):
+    """A caller queued in getconn. `dispatch` fills in exactly one of slot/connect/error,
+    then rings the waiter's bell (see bell.py for why a bell and not a Condition).
 
-    The waiter sleeps on a lock of its own, not on the pool's lock: `wake()` releases it.
     A waiter that `dispatch` served finds everything it needs in these fields when it wakes,
     so it returns without taking the pool's lock again, and the thread that handed it a
     connection is not slowed by the waiter queueing up for the pool's lock behind it.
     """
 
-    key: Hashable | None
-    enqueued_at: float
-    bell: threading.Lock = field(default_factory=threading.Lock)  # held = nothing to report
-    rung: bool = False  # the bell was released and the waiter has not yet woken to it
-    slot: Slot | None = None  # served: this connection is now leased to the waiter
-    connect: bool = False  # served: a slot was reserved, the waiter opens a connection itself
-    error: PoolError | None = None  # served: the pool closed while it waited
+    __slots__ = ("connect", "enqueued_at", "error", "key", "slot")
 
-    def __post_init__(self) -> None:
-        self.bell.acquire()  # sleeping = acquiring it again, until someone releases it
+    def __init__(self, key: Hashable | None, enqueued_at: float) -> None:
+        super().__init__()
+        self.key = key
+        self.enqueued_at = enqueued_at
+        self.slot: Slot | None = None  # served: this connection is now leased to the waiter
+        # served: a slot was reserved, the waiter opens a connection itself (pools without
+        # a background connector only: with one, the connector opens it)
+        self.connect = False
+        self.error: PoolError | None = None  # served: the pool closed while it waited
 
     @property
     def served(self) -> bool:
         return self.slot is not None or self.connect or self.error is not None
 
-    def wake(self) -> None:
-        """Ring the bell (pool lock held). Ringing twice before the waiter wakes is once."""
-        if not self.rung:
-            self.rung = True
-            self.bell.release()
 
-    def sleep(self, timeout: float | None) -> None:
-        """Wait for the bell (pool lock NOT held), at most `timeout` seconds."""
-        self.bell.acquire(timeout=-1 if timeout is None else timeout)
-
-    def rearm(self) -> None:
-        """After waking unserved (pool lock held): make the bell ringable again."""
-        if self.rung:
-            self.bell.acquire(blocking=False)  # taken by sleep() already, or free: take it
-            self.rung = False
+# Why a connection was discarded, for the counters of stats().
+Discard = Literal["expired", "broken", "failed check"] | None
 
 
 @dataclass(eq=False, slots=True)
@@ -133,13 +121,13 @@ class PoolState:
 
     __slots__ = (
         "broken_returns", "checkouts", "closed", "connect_errors", "connect_failures",
-        "connecting", "connections_closed", "connections_opened", "expired",
+        "connecting", "connections_closed", "connections_opened", "connector", "expired",
         "failed_checks", "idle", "idle_reaped", "keys", "last_connect_error", "leased",
-        "leases_reclaimed", "next_connect_at", "options", "pending_keys", "returning", "timeouts",
-        "wait_time", "waiters", "waits",
+        "leases_reclaimed", "next_connect_at", "options", "pending_keys", "returning",
+        "timeouts", "wait_time", "waiters", "waits",
     )  # fmt: skip
 
-    def __init__(self, options: PoolOptions) -> None:
+    def __init__(self, options: PoolOptions, *, closed: bool = False) -> None:
         self.options = options
         self.idle: list[Slot] = []
         self.leased: dict[int, Slot] = {}  # id(conn) -> slot, checked out by a caller
@@ -148,7 +136,11 @@ class PoolState:
         self.returning: dict[int, Slot] = {}  # id(conn) -> slot, being cleaned on return
         self.connecting = 0  # slots reserved for connects in flight
         self.waiters: deque[Waiter] = deque()
-        self.closed = False
+        self.closed = closed  # a pool forked while closed stays closed in the child
+        # The background connector's bell (ThreadedConnectionPool), or None: then a waiter
+        # that may grow the pool is given the right to connect and opens the connection
+        # itself (SimpleConnectionPool, which starts no thread).
+        self.connector: Bell | None = None
         # Connect back-off: no new connect starts before next_connect_at.
         self.connect_failures = 0
         self.next_connect_at = 0.0
@@ -185,7 +177,33 @@ class PoolState:
             and now >= self.next_connect_at
         )
 
+    def opened_initial(self, slots: list[Slot]) -> None:
+        """The `minconn` connections opened before the pool is shared become idle."""
+        self.idle.extend(slots)
+        self.connections_opened += len(slots)
+
     # -- checkout -------------------------------------------------------------------------
+
+    def take_sticky(self, key: Hashable) -> Slot | None:
+        """psycopg2 semantics: the connection already checked out under `key`, if any, is
+        handed out again. Raises PoolError if another thread is getting one for `key`."""
+        slot = self.keys.get(key)
+        if slot is not None:
+            self.checkouts += 1
+            return slot
+        if key in self.pending_keys:
+            raise PoolError(
+                f"pool {self.options.name!r}: another thread is already getting a connection "
+                f"with key {key!r}"
+            )
+        return None
+
+    def hold_key(self, key: Hashable) -> None:
+        """A caller with `key` is about to wait or connect: no other caller may meanwhile."""
+        self.pending_keys.add(key)
+
+    def release_key(self, key: Hashable) -> None:
+        self.pending_keys.discard(key)
 
     def lease(self, slot: Slot, key: Hashable | None, now: float) -> None:
         """Record that `slot` is now checked out (with `key`, if given).
@@ -233,33 +251,43 @@ class PoolState:
         self.connecting += 1
         return True
 
-    def connected(self, slot: Slot, key: Hashable | None, now: float) -> None:
-        """A reserved connect succeeded: the new connection goes to the caller that opened it."""
-        self.connecting -= 1
-        self.connections_opened += 1
-        self.connect_failures = 0
-        self.next_connect_at = 0.0
+    def connected(self, slot: Slot, key: Hashable | None, now: float) -> bool:
+        """A caller's reserved connect succeeded: the new connection is leased to it.
+
+        Returns False if the pool was closed meanwhile: the caller closes the connection.
+        """
+        if not self._connect_succeeded():
+            return False
         self.lease(slot, key, now)
         self.dispatch(now)  # the connect budget has room again: the next waiter may connect
+        return True
 
-    def connected_idle(self, slot: Slot, now: float) -> None:
-        """A refill connect (for minconn) succeeded: the connection joins the idle stack."""
-        self.connecting -= 1
-        self.connections_opened += 1
-        self.connect_failures = 0
-        self.next_connect_at = 0.0
+    def connected_idle(self, slot: Slot, now: float) -> bool:
+        """A connect by the connector or a refill succeeded: the connection goes to the
+        oldest waiter, or onto the idle stack. False if the pool was closed meanwhile."""
+        if not self._connect_succeeded():
+            return False
         self.idle.append(slot)
         self.dispatch(now)
+        return True
 
-    def connected_after_close(self) -> None:
-        """A connect finished after closeall(): its opener closes the connection at once."""
+    def _connect_succeeded(self) -> bool:
         self.connecting -= 1
         self.connections_opened += 1
-        self.connections_closed += 1
+        if self.closed:  # its opener closes it at once
+            self.connections_closed += 1
+            return False
+        self.connect_failures = 0
+        self.next_connect_at = 0.0
+        return True
 
-    def connect_failed(self, error: BaseException, now: float) -> None:
-        """A reserved connect failed: free its slot and back off before the next attempt."""
-        self.connecting -= 1
+    def connect_failed(self, error: BaseException, now: float, reserved: int = 1) -> None:
+        """A reserved connect failed: free its slot and back off before the next attempt.
+
+        A refill reserves several slots and stops at the first failure: it frees all its
+        `reserved` slots at once.
+        """
+        self.connecting -= reserved
         self.connect_errors += 1
         self.connect_failures += 1
         self.last_connect_error = error
@@ -268,9 +296,12 @@ class PoolState:
         doublings = min(self.connect_failures - 1, BACKOFF_MAX_DOUBLINGS)
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**doublings)
         self.next_connect_at = now + delay * random.uniform(0.5, 1.0)
-        # Waiters asleep until their deadline must learn when the back-off ends.
-        for waiter in self.waiters:
-            waiter.wake()
+        if self.connector is not None:
+            self.connector.ring()  # it decides when to try again, for the waiters
+        else:
+            # Waiters asleep until their deadline must learn when the back-off ends.
+            for waiter in self.waiters:
+                waiter.ring()
 
     # -- waiting --------------------------------------------------------------------------
 
@@ -284,6 +315,10 @@ class PoolState:
         self.waiters.append(waiter)
         self.waits += 1
         self.dispatch(waiter.enqueued_at)
+
+    def timed_out(self) -> None:
+        """A caller that could not wait (or whose health check used up its time) leaves."""
+        self.timeouts += 1
 
     def give_up(self, waiter: Waiter, now: float) -> None:
         """A waiter timed out unserved: take it out of the queue."""
@@ -311,6 +346,11 @@ class PoolState:
         This is the one place where a connection changes hands between callers. A waiter
         that is served is taken out of the queue *before* it wakes, so a waiter that has
         meanwhile timed out still finds its connection and keeps it: nothing is swallowed.
+
+        With a background connector, waiters are never given the right to connect: the
+        connector is rung instead, and the connection it opens comes back here through
+        `connected_idle`, to whoever is then the oldest waiter. A waiter is so served by
+        whichever comes first, a returned connection or a new one.
         """
         waiters = self.waiters
         while waiters:
@@ -318,14 +358,33 @@ class PoolState:
             if self.idle:
                 waiter.slot = self.idle.pop()
                 self.lease(waiter.slot, waiter.key, now)
-            elif self.can_connect(now):
+            elif self.connector is None and self.can_connect(now):
                 self.connecting += 1
                 waiter.connect = True
             else:
+                if self.connector is not None and self.connect_wanted():
+                    self.connector.ring()
                 return
             waiters.popleft()
             self.wait_time += now - waiter.enqueued_at
-            waiter.wake()
+            waiter.ring()
+
+    def connect_wanted(self) -> bool:
+        """Should the connector open a connection (if the back-off and budget allow)?
+
+        Only while waiters outnumber the connects in flight, and the pool has room: a spike
+        of 50 callers at a pool whose connections come back in milliseconds starts one
+        connect, not 50, and is served by the connections coming back.
+        """
+        return len(self.waiters) > self.connecting and self.size < self.options.maxconn
+
+    def start_connect(self, now: float) -> bool:
+        """The connector's non-blocking core: reserve a slot for a connect if one is wanted
+        and allowed now. The connection it opens goes to `connected_idle`."""
+        if self.closed or not self.connect_wanted() or not self.can_connect(now):
+            return False
+        self.connecting += 1
+        return True
 
     # -- return ---------------------------------------------------------------------------
 
@@ -381,13 +440,16 @@ class PoolState:
             self.returning[id(slot.conn)] = slot
         return parked
 
-    def end_return(self, slot: Slot, now: float, keep: bool) -> bool:
-        """Cleaning finished: keep the connection (idle) or drop it (its slot is freed).
+    def end_return(self, slot: Slot, now: float, keep: bool, why: Discard = None) -> bool:
+        """Cleaning (or an idle probe) finished: keep the connection (idle) or drop it (its
+        slot is freed), counting `why` it was dropped.
 
         Returns whether it was kept: never when the pool was closed meanwhile, in which
         case the caller, who holds the connection, closes it.
         """
         del self.returning[id(slot.conn)]
+        if not keep:
+            self._count_discard(why)
         keep = keep and not self.closed
         if keep:
             slot.last_used = now
@@ -397,15 +459,27 @@ class PoolState:
         self.dispatch(now)
         return keep
 
-    def drop_leased(self, slot: Slot, now: float) -> None:
+    def drop_leased(self, slot: Slot, now: float, why: Discard) -> None:
         """A connection just leased fails its checkout check (dead, or expired): drop it.
 
         The lease is undone, count included: `checkouts` counts connections handed out.
+        Nothing more changes if maintenance reclaimed it meanwhile (max_lease).
         """
+        self._count_discard(why)
+        if self.leased.get(id(slot.conn)) is not slot:
+            return
         self.unlease(slot)
         self.checkouts -= 1
         self.connections_closed += 1
         self.dispatch(now)
+
+    def _count_discard(self, why: Discard) -> None:
+        if why == "expired":
+            self.expired += 1
+        elif why == "broken":
+            self.broken_returns += 1
+        elif why == "failed check":
+            self.failed_checks += 1
 
     # -- maintenance ----------------------------------------------------------------------
 
@@ -464,8 +538,10 @@ class PoolState:
         self.closed = True
         for waiter in self.waiters:
             waiter.error = error
-            waiter.wake()
+            waiter.ring()
         self.waiters.clear()
+        if self.connector is not None:
+            self.connector.ring()  # it finds the pool closed and ends
         slots = self.idle
         self.idle = []
         if in_use:

@@ -1,43 +1,87 @@
 """ThreadedConnectionPool and SimpleConnectionPool: the two pools of psycopg2.pool.
 
-Both share all their logic with `AbstractConnectionPool`; they differ only in who runs
-maintenance and whether waiting makes sense.
+Both share their logic with `AbstractConnectionPool`; they differ in who opens connections
+for callers that wait, and who runs maintenance:
+
+* ThreadedConnectionPool has one background thread, the connector (connector.py), which
+  opens the connections waiters need and runs maintenance every `maintenance_interval`.
+* SimpleConnectionPool starts no thread: a caller connects itself, and maintenance runs
+  from its own getconn/putconn calls.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Hashable
 from typing import Any
 
 from psycopg2.extensions import connection as Connection
 
-from .maintenance import MaintenanceThread
+from .bell import Bell
+from .connector import Connector
 from .pool import AbstractConnectionPool
+
+logger = logging.getLogger("pgpool")
 
 
 class ThreadedConnectionPool(AbstractConnectionPool):
     """A pool to share between threads: blocks up to `timeout` when exhausted, serving waiters
-    first come first served, and keeps itself healthy from a background maintenance thread
-    (unless `maintenance_interval=None`)."""
+    first come first served, with a background connector that opens connections for them and
+    keeps the pool healthy (maintenance every `maintenance_interval`, unless None)."""
 
     def __init__(self, minconn: int, maxconn: int, *args: Any, **kwargs: Any) -> None:
         super().__init__(minconn, maxconn, *args, **kwargs)
-        self._maintenance: MaintenanceThread | None = None
-        self._start_maintenance()
+        self._connector: Connector | None = None
+        self._start_connector()
 
-    def _start_maintenance(self) -> None:
+    def _start_connector(self) -> None:
+        if self.closed:
+            return
         interval = self._options.maintenance_interval
-        if interval is not None and not self.closed:
-            self._maintenance = MaintenanceThread(self, interval)
-            self._maintenance.start()
+        self._next_maintenance = math.inf if interval is None else self._clock() + interval
+        bell = Bell()
+        self._state.connector = bell
+        self._connector = Connector(self, bell)
+        self._connector.start()
 
-    def _stop_maintenance(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.stop()
+    def _connector_round(self) -> float | None:
+        """One round of the connector, on its thread (lock not held): open a connection if
+        waiters need one, else run maintenance if it is due. Returns how long to sleep
+        before the next round (the bell may cut it short), or None once the pool is closed.
+        """
+        state = self._state
+        bell = state.connector
+        assert bell is not None
+        with self._lock:
+            bell.rearm()  # a ring from now on cuts the coming sleep short: none is lost
+            if state.closed:
+                return None
+            now = self._clock()
+            connect = state.start_connect(now)
+            # Waiters that need a connect the back-off holds back: try again when it ends.
+            retry = state.next_connect_at
+            if connect or not state.connect_wanted() or retry <= now:
+                retry = math.inf
+        if connect:
+            try:
+                self._refill_one(1)  # to the oldest waiter, or idle; failure: back-off
+            except BaseException:  # from a callback (configure): no interrupt reaches here
+                logger.exception("pool %r: a connect failed", self.name)
+            return 0.0
+        if now >= self._next_maintenance:
+            interval = self._options.maintenance_interval or math.inf
+            self._next_maintenance = now + interval
+            try:
+                self.maintain()
+            except Exception:  # a failed pass must not end maintenance for good
+                logger.exception("pool %r: maintenance pass failed", self.name)
+            return 0.0
+        return min(self._next_maintenance, retry) - now
 
     def _after_fork_in_child(self) -> None:
         super()._after_fork_in_child()
-        self._start_maintenance()  # threads do not survive fork()
+        self._start_connector()  # threads do not survive fork(): the child starts its own
 
 
 class SimpleConnectionPool(AbstractConnectionPool):

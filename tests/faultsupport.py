@@ -189,8 +189,8 @@ def in_thread(fn: Callable[[], Any], name: str = "fault-test") -> tuple[threadin
     return thread, outcome
 
 
-def maintenance_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("pgpool-maintenance")]
+def connector_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("pgpool-connector")]
 
 
 def require_scram(server: EmbeddedPostgres, role: str) -> None:

@@ -115,7 +115,7 @@ def reaping() -> None:
 
 def _is_greenlet(pool: Any) -> bool:
     """Under gevent a "thread" is a greenlet on the main OS thread."""
-    thread = pool._maintenance._thread  # private: only to show what the thread became
+    thread = pool._connector._thread  # private: only to show what the thread became
     return bool(thread.native_id == threading.main_thread().native_id)
 
 

@@ -89,7 +89,7 @@ class GatedConnector:
 
 
 def test_timeout_waits_then_raises_pool_timeout(pools: Pools) -> None:
-    pool = pools.threaded(0, 1, name="tiny", timeout=0.2)
+    pool = pools.threaded(1, 1, name="tiny", timeout=0.2)
     held = pool.getconn()
     start = time.monotonic()
     with pytest.raises(pgpool.PoolTimeout) as raised:
@@ -110,7 +110,7 @@ def test_timeout_waits_then_raises_pool_timeout(pools: Pools) -> None:
 
 
 def test_timeout_zero_fails_without_queueing(pools: Pools) -> None:
-    pool = pools.threaded(0, 1, name="zero")
+    pool = pools.threaded(1, 1, name="zero")
     held = pool.getconn()
     with pytest.raises(pgpool.PoolTimeout, match=r"connection pool exhausted: pool 'zero'"):
         pool.getconn(timeout=0)
@@ -152,7 +152,7 @@ def test_per_call_timeout_overrides_a_zero_pool_timeout(pools: Pools) -> None:
 
 
 def test_waiters_are_served_in_arrival_order(pools: Pools) -> None:
-    pool = pools.threaded(0, 1)
+    pool = pools.threaded(1, 1)
     held = pool.getconn()
     served: list[int] = []
 
@@ -199,23 +199,27 @@ def test_returning_thread_does_not_overtake_a_waiter(pools: Pools) -> None:
 
 
 def test_new_connects_do_not_overtake_waiters(pools: Pools) -> None:
-    # maxconn 2, one connection in use and one connect stalled: a waiter queues. When the
-    # stalled connect finishes, that connection belongs to its opener; the next free slot
-    # goes to the waiter, not to a newcomer.
+    # maxconn 2, one connection in use: A and B queue, and the connector opens a connection
+    # for them (stalled). A newcomer that cannot wait is refused: the pool is full. When the
+    # connect finishes, the new connection goes to A, the oldest waiter; the next connection
+    # to come back goes to B, not to a newcomer.
     connector = GatedConnector()
     pool = pools.threaded(0, 2, connector=connector)
     first = pool.getconn()
     connector.armed = True
-    opener = Task(pool.getconn, None, 10)
+    a = Task(pool.getconn, None, 10, name="A")
     connector.wait_in_flight(1)
-    queued = Task(pool.getconn, None, 10)
     _waiting(pool, 1)
+    b = Task(pool.getconn, None, 10, name="B")
+    _waiting(pool, 2)
     with pytest.raises(pgpool.PoolTimeout):
-        pool.getconn(timeout=0)  # a newcomer is refused: the waiter is ahead of it
+        pool.getconn(timeout=0)  # a newcomer is refused: the waiters are ahead of it
     connector.gate.set()
-    second = opener.result()
+    second = a.result()
+    assert second is not first
     pool.putconn(first)
-    assert queued.result() is first
+    assert b.result() is first
+    assert connector.calls == 2  # the first getconn's, and A's: none for B
     pool.putconn(first)
     pool.putconn(second)
 
@@ -224,7 +228,7 @@ def test_new_connects_do_not_overtake_waiters(pools: Pools) -> None:
 
 
 def test_max_waiting_refuses_extra_callers_at_once(pools: Pools) -> None:
-    pool = pools.threaded(0, 1, name="q", max_waiting=2)
+    pool = pools.threaded(1, 1, name="q", max_waiting=2)
     held = pool.getconn()
     waiters = [Task(_checkout_and_return, pool), Task(_checkout_and_return, pool)]
     _waiting(pool, 2)
@@ -371,10 +375,13 @@ def test_closeall_during_a_connect_closes_the_new_connection(pools: Pools, dsn: 
     opener = Task(pool.getconn, None, 10, name="opener")
     connector.wait_in_flight(1)
     pool.closeall()
+    assert isinstance(opener.error(), pgpool.PoolClosed)  # at once: not after the connect
     connector.gate.set()
-    assert isinstance(opener.error(), pgpool.PoolClosed)
+    # The connector's connect finishes after closeall: counted, then closed at once.
+    wait_until(lambda: pool.stats().connecting == 0, "the late connect to finish")
     wait_until(lambda: backend_count(dsn, app) == 0, "the late connection closed")
-    assert pool.stats().connecting == 0
+    s = pool.stats()
+    assert (s.connections_opened, s.connections_closed) == (1, 1)
 
 
 def test_closeall_during_a_return_closes_the_returning_connection(pools: Pools) -> None:
@@ -400,42 +407,48 @@ def test_closeall_during_a_return_closes_the_returning_connection(pools: Pools) 
 
 
 def test_slow_connect_does_not_block_other_callers(pools: Pools) -> None:
+    # A waiter starts the connector's connect, which stalls. Everything else goes on: the
+    # waiter is served by a connection returned meanwhile (it does not sit through the
+    # connect), and the pool serves other calls; the new connection then joins the idle.
     connector = GatedConnector()
     pool = pools.threaded(1, 3, connector=connector, name="slow")
     idle_conn = pool.getconn()
     connector.armed = True
-    stuck = Task(pool.getconn, None, 10)  # opens a connection: stalls inside connect
+    waiter = Task(pool.getconn, None, 10)  # queues; the connector's connect stalls
     connector.wait_in_flight(1)
 
-    def meanwhile() -> tuple[Any, str, pgpool.PoolStats]:
-        pool.putconn(idle_conn)
-        again = pool.getconn()
+    def meanwhile() -> tuple[Any, Any, str, pgpool.PoolStats]:
+        pool.putconn(idle_conn)  # handed to the waiter at once
+        served = waiter.result()
+        pool.putconn(served)
+        again = pool.getconn(timeout=0)
         assert select_one(again) == 1
         pool.putconn(again)
-        return again, repr(pool), pool.stats()
+        return served, again, repr(pool), pool.stats()
 
     try:
         # Run with a deadline: if the stalled connect held the pool's lock, this would hang.
-        again, text, stats = Task(meanwhile).result(timeout=10)
+        served, again, text, stats = Task(meanwhile).result(timeout=10)
     finally:
         connector.gate.set()
-    assert again is idle_conn
+    assert served is idle_conn and again is idle_conn
     assert "connecting 1" in text
     assert (stats.connecting, stats.idle) == (1, 1)
-    conn = stuck.result()
-    assert select_one(conn) == 1
-    pool.putconn(conn)
+    wait_until(lambda: pool.stats().idle == 2, "the new connection joining the idle stack")
     assert pool.stats().connecting == 0
+    assert_serves_maxconn(pool)
 
 
 def test_failed_connect_raises_the_driver_error_unchanged_and_frees_its_slot(
     pools: Pools,
 ) -> None:
+    # A caller that cannot wait connects itself, as with psycopg2.pool: it gets the
+    # driver's own error, unchanged.
     failure = psycopg2.OperationalError("server is on fire")
     connector = GatedConnector(fail_with=failure)
     pool = pools.threaded(0, 1, connector=connector)
     with pytest.raises(psycopg2.OperationalError) as raised:
-        pool.getconn()
+        pool.getconn(timeout=0)
     assert raised.value is failure
     assert not isinstance(raised.value, pgpool.PoolError)
     s = pool.stats()
@@ -445,6 +458,28 @@ def test_failed_connect_raises_the_driver_error_unchanged_and_frees_its_slot(
     assert select_one(conn) == 1
     pool.putconn(conn)
     assert pool.stats().connections_opened == 1
+
+
+def test_waiter_times_out_with_the_last_connect_error(pools: Pools) -> None:
+    # A caller that waits while the connector's connects fail is not told a bare "timed
+    # out": the PoolTimeout names the driver's error, class and message, and carries it
+    # as its __cause__ (a traceback shows both). Retries follow the back-off meanwhile.
+    failure = psycopg2.OperationalError("server is on fire")
+    connector = GatedConnector(fail_with=failure)
+    pool = pools.threaded(0, 1, connector=connector, name="burning")
+    with pytest.raises(pgpool.PoolTimeout) as raised:
+        pool.getconn(timeout=0.3)
+    message = str(raised.value)
+    assert "timed out waiting for a connection: pool 'burning'" in message
+    assert "the last connect failed: OperationalError: server is on fire" in message
+    assert raised.value.__cause__ is failure
+    s = pool.stats()
+    assert s.connect_errors >= 2, "the connector retried during the wait"
+    assert (s.timeouts, s.waits, s.waiting, s.size) == (1, 1, 0, 0)
+    connector.fail_with = None  # the server is back: the next caller is served
+    conn = pool.getconn(timeout=10)
+    assert select_one(conn) == 1
+    pool.putconn(conn)
 
 
 def _closed_port() -> int:
@@ -460,10 +495,13 @@ def test_connect_to_a_bad_port_raises_operational_error(pools: Pools) -> None:
     )
     for _ in range(2):
         with pytest.raises(psycopg2.OperationalError) as raised:
-            pool.getconn(timeout=10)
+            pool.getconn(timeout=0)  # connects itself: the driver's error
         assert not isinstance(raised.value, pgpool.PoolError)
     s = pool.stats()
     assert (s.connect_errors, s.size, s.connecting) == (2, 0, 0)
+    with pytest.raises(pgpool.PoolTimeout, match=r"OperationalError: .*refused") as waited:
+        pool.getconn(timeout=0.2)  # waits for the connector: a timeout naming the error
+    assert isinstance(waited.value.__cause__, psycopg2.OperationalError)
 
 
 def test_bad_port_fails_the_constructor() -> None:
@@ -485,7 +523,7 @@ def test_failing_configure_closes_the_new_connection_and_frees_its_slot(
 
     pool = pools.threaded(0, 1, dsn, application_name=app, configure=configure)
     with pytest.raises(RuntimeError, match="configure failed"):
-        pool.getconn()
+        pool.getconn(timeout=0)
     assert pool.stats().size == 0
     wait_until(lambda: backend_count(dsn, app) == 0, "the half-made connection closed")
     fail[0] = False
@@ -494,48 +532,50 @@ def test_failing_configure_closes_the_new_connection_and_frees_its_slot(
     pool.putconn(conn)
 
 
-def test_waiter_connects_when_the_back_off_after_a_failed_connect_ends(pools: Pools) -> None:
-    # A connect fails while another caller waits for the slot. The failure starts a short
-    # back-off (milliseconds); when it ends, the waiter must get to connect, not sleep on
-    # until its own (long) timeout.
+def test_waiter_is_served_when_the_back_off_after_a_failed_connect_ends(pools: Pools) -> None:
+    # The connector's connect fails while a caller waits. The failure starts a short
+    # back-off (milliseconds); when it ends the connector tries again, and the waiter is
+    # served then, not at its own (long) timeout.
     connector = GatedConnector(fail_with=psycopg2.OperationalError("refused"))
     pool = pools.threaded(0, 1, connector=connector)
     connector.armed = True
-    opener = Task(pool.getconn, None, 60, name="opener")
-    connector.wait_in_flight(1)
     waiter = Task(pool.getconn, None, 60, name="waiter")
-    _waiting(pool, 1)
-    connector.fail_with = None  # the server is back, but the opener's attempt still fails
+    connector.wait_in_flight(1)
+    connector.fail_with = None  # the server is back, but the attempt in flight still fails
     connector.gate.set()
-    assert isinstance(opener.error(), psycopg2.OperationalError)
     conn = waiter.result(timeout=5)  # served within ms; 5 s only ends a hung test
     assert select_one(conn) == 1
+    s = pool.stats()
+    assert (s.connect_errors, s.connections_opened, connector.calls) == (1, 1, 2)
     pool.putconn(conn)
 
 
-def test_finished_connect_lets_the_next_waiter_connect(pools: Pools) -> None:
-    # max_connecting=1: B waits while A connects. When A's connect is done the connect
-    # budget is free again and the pool has room, so B must connect at once, not sleep
-    # until its timeout.
+def test_connector_goes_on_while_waiters_outnumber_connects(pools: Pools) -> None:
+    # A and B wait on an empty pool. The connector opens one connection at a time: the
+    # first goes to A, and since B still waits with nothing in flight, it opens another.
     connector = GatedConnector()
-    pool = pools.threaded(0, 3, connector=connector, max_connecting=1)
+    pool = pools.threaded(0, 3, connector=connector)
     connector.armed = True
     a = Task(pool.getconn, None, 60, name="A")
     connector.wait_in_flight(1)
     b = Task(pool.getconn, None, 60, name="B")
-    _waiting(pool, 1)
+    _waiting(pool, 2)
+    assert pool.stats().connecting == 1
     connector.gate.set()
     conn_a = a.result()
     conn_b = b.result(timeout=5)  # served within ms; 5 s only ends a hung test
     assert conn_a is not conn_b
+    assert (connector.calls, connector.peak) == (2, 1)
     pool.putconn(conn_a)
     pool.putconn(conn_b)
 
 
 def test_max_connecting_bounds_concurrent_connects(pools: Pools) -> None:
+    # Callers of a Simple pool (no connector) that may wait connect themselves, at most
+    # max_connecting at a time; the others queue and are given the right to connect next.
     connector = GatedConnector()
     connector.armed = True
-    pool = pools.threaded(0, 6, connector=connector, max_connecting=2)
+    pool = pools.simple(0, 6, connector=connector, max_connecting=2)
     tasks = [Task(pool.getconn, None, 60, name=f"caller-{n}") for n in range(6)]
     connector.wait_in_flight(2)
     _waiting(pool, 4)
@@ -551,21 +591,46 @@ def test_max_connecting_bounds_concurrent_connects(pools: Pools) -> None:
     assert pool.stats().idle == 6
 
 
-def test_idle_connections_are_served_while_connects_stall(pools: Pools) -> None:
-    # With max_connecting connects stalled, callers still get connections that come back.
+def test_connector_opens_one_connection_at_a_time(pools: Pools) -> None:
+    # The Threaded pool's connector opens connections for waiters one after the other
+    # (as HikariCP's does): six callers on an empty pool, one connect in flight at a time.
     connector = GatedConnector()
-    pool = pools.threaded(0, 3, connector=connector, max_connecting=1)
-    ready = pool.getconn()
     connector.armed = True
-    stalled = Task(pool.getconn, None, 10)
+    pool = pools.threaded(0, 6, connector=connector, max_connecting=2)
+    tasks = [Task(pool.getconn, None, 60, name=f"caller-{n}") for n in range(6)]
     connector.wait_in_flight(1)
+    _waiting(pool, 6)
+    s = pool.stats()
+    assert (s.connecting, s.waiting, s.in_use) == (1, 6, 0)
+    connector.gate.set()
+    conns = [task.result(timeout=5) for task in tasks]
+    assert len({id(c) for c in conns}) == 6
+    assert (connector.peak, connector.calls) == (1, 6)
+    for conn in conns:
+        pool.putconn(conn)
+    assert pool.stats().idle == 6
+
+
+def test_idle_connections_are_served_while_connects_stall(pools: Pools) -> None:
+    # With the connector's connect stalled, callers that cannot wait still get the
+    # connections that come back, and take no part in the stalled connect.
+    connector = GatedConnector()
+    pool = pools.threaded(0, 2, connector=connector)
+    ready = pool.getconn()
     pool.putconn(ready)
+    held = pool.getconn()
+    connector.armed = True
+    stalled = Task(pool.getconn, None, 10)  # queues: the connector's connect stalls
+    connector.wait_in_flight(1)
+    pool.putconn(held)  # ... and this serves it at once
 
     def reuse() -> Any:
+        mine = stalled.result()
+        pool.putconn(mine)
         return _checkout_and_return(pool, timeout=0)
 
     try:
         assert Task(reuse).result(timeout=10) is ready
     finally:
         connector.gate.set()
-    pool.putconn(stalled.result())
+    wait_until(lambda: pool.stats().idle == 2, "the new connection joining the idle stack")

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from faultsupport import kill_backends, maintenance_threads, pool_dsn, unique_app, wait_for
+from faultsupport import connector_threads, kill_backends, pool_dsn, unique_app, wait_for
 
 import pgpool
 from testbed.proxy import TcpProxy
@@ -69,7 +69,7 @@ def test_exit_without_closeall(dsn: str) -> None:
         """,
         dsn,
     )
-    assert "maintenance" in out  # the thread was running when the program ended
+    assert "connector" in out  # the thread was running when the program ended
 
 
 @pytest.mark.timeout(60)
@@ -175,11 +175,11 @@ def test_a_forgotten_pool_takes_its_maintenance_thread_with_it(dsn: str) -> None
     pool = pgpool.ThreadedConnectionPool(
         1, 2, pool_dsn(dsn, unique_app("forgotten")), maintenance_interval=0.05
     )
-    name = f"pgpool-maintenance-{pool.name}"
-    assert any(t.name == name for t in maintenance_threads())
+    name = f"pgpool-connector-{pool.name}"
+    assert any(t.name == name for t in connector_threads())
     del pool
     gc.collect()
-    wait_for(lambda: all(t.name != name for t in maintenance_threads()), 10, "thread ends")
+    wait_for(lambda: all(t.name != name for t in connector_threads()), 10, "thread ends")
 
 
 @pytest.mark.timeout(60)
@@ -187,6 +187,6 @@ def test_closeall_ends_the_maintenance_thread(dsn: str) -> None:
     pool = pgpool.ThreadedConnectionPool(
         1, 2, pool_dsn(dsn, unique_app("closed")), maintenance_interval=60
     )
-    name = f"pgpool-maintenance-{pool.name}"
+    name = f"pgpool-connector-{pool.name}"
     pool.closeall()
-    wait_for(lambda: all(t.name != name for t in maintenance_threads()), 10, "thread ends")
+    wait_for(lambda: all(t.name != name for t in connector_threads()), 10, "thread ends")

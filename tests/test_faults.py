@@ -22,11 +22,11 @@ from faultsupport import (
     CONNECT_TIMEOUT,
     CountingConnector,
     backend_pid,
+    connector_threads,
     count_backends,
     in_thread,
     kill_backends,
     kill_pid,
-    maintenance_threads,
     pool_dsn,
     scalar,
     unique_app,
@@ -294,6 +294,8 @@ def test_restart_under_load(restartable_server: EmbeddedPostgres, app: str, mode
     # The property: no checkout hangs; each ends in its deadline (+ connect_timeout + slack).
     bound = timeout + CONNECT_TIMEOUT + SLACK
     assert max(workers.failed_checkout_durations, default=0) < bound
+    # A connect the connector started before closeall ends (and is closed) on its own.
+    wait_for(lambda: pool.stats().connecting == 0, CONNECT_TIMEOUT + SLACK, "the connect ending")
     stats = pool.stats()
     assert stats.in_use == 0 and stats.connecting == 0, f"slot leaked: {stats}"
 
@@ -442,14 +444,14 @@ def test_creating_a_pool_through_a_black_hole_respects_connect_timeout(
     tcp_proxy: TcpProxy, dsn: str, app: str
 ) -> None:
     tcp_proxy.blackhole()
-    before = set(maintenance_threads())
+    before = set(connector_threads())
     started = time.monotonic()
     with pytest.raises(psycopg2.OperationalError, match="timeout"):
         pgpool.ThreadedConnectionPool(2, 4, pool_dsn(tcp_proxy.dsn_for(dsn), app))
     # The property: creation fails after one connect_timeout, not after minconn of them
     # and not never.
     assert time.monotonic() - started < CONNECT_TIMEOUT + SLACK
-    assert set(maintenance_threads()) <= before, "the failed pool left its thread running"
+    assert set(connector_threads()) <= before, "the failed pool left its thread running"
 
 
 @pytest.mark.timeout(60)
@@ -459,17 +461,20 @@ def test_minconn_zero_pool_starts_while_server_down_and_serves_once_up(
     server = restartable_server
     server.stop()
     with pgpool.ThreadedConnectionPool(0, 2, pool_dsn(server.dsn, app), timeout=1) as pool:
-        thread_name = f"pgpool-maintenance-{pool.name}"
+        thread_name = f"pgpool-connector-{pool.name}"
         with pytest.raises(psycopg2.OperationalError):
-            pool.getconn()
-        assert pool.stats().size == 0
+            pool.getconn(timeout=0)  # connects itself: the driver's error
+        with pytest.raises(pgpool.PoolTimeout) as waited:
+            pool.getconn()  # waits for the connector: a timeout carrying the driver's error
+        assert isinstance(waited.value.__cause__, psycopg2.OperationalError)
+        wait_for(lambda: pool.stats().size == 0, CONNECT_TIMEOUT + SLACK, "no connect left")
         server.start()
         wait_for(lambda: _ok(pool), BACKOFF_CAP + SLACK, "served once the server is up")
         assert pool.stats().in_use == 0
     wait_for(
-        lambda: all(t.name != thread_name for t in maintenance_threads()),
+        lambda: all(t.name != thread_name for t in connector_threads()),
         10,
-        "maintenance thread gone after closeall",
+        "connector thread gone after closeall",
     )
 
 
@@ -513,8 +518,9 @@ def test_checkout_that_must_connect_through_a_black_hole_fails_in_time(
         # The property: it ends (in an error) within connect_timeout + its timeout + slack.
         assert outcome.done.wait(CONNECT_TIMEOUT + timeout + SLACK), "getconn hangs"
         assert isinstance(outcome.error, psycopg2.OperationalError | pgpool.PoolTimeout)
-        stats = pool.stats()
-        assert stats.size == 0 and stats.connect_errors >= 1
+        # The connector's connect ends by connect_timeout, and frees its slot.
+        wait_for(lambda: pool.stats().size == 0, CONNECT_TIMEOUT + SLACK, "the connect ending")
+        assert pool.stats().connect_errors >= 1
         tcp_proxy.restore()
         wait_for(lambda: _ok(pool), BACKOFF_CAP + SLACK, "served after the black hole")
 
@@ -593,7 +599,11 @@ def test_server_full(tiny_server: EmbeddedPostgres, app: str) -> None:
             pytest.fail("max_connections never reached")
         with pgpool.ThreadedConnectionPool(0, 2, pool_dsn(tiny_server.dsn, app), timeout=1) as pool:
             with pytest.raises(psycopg2.OperationalError, match="too many clients"):
-                pool.getconn()
+                pool.getconn(timeout=0)  # connects itself: the driver's error
+            with pytest.raises(pgpool.PoolTimeout, match="too many clients") as waited:
+                pool.getconn()  # waits for the connector: a timeout naming the error
+            assert isinstance(waited.value.__cause__, psycopg2.OperationalError)
+            wait_for(lambda: pool.stats().connecting == 0, SLACK, "the last connect ending")
             stats = pool.stats()
             assert stats.size == 0 and stats.connecting == 0, f"slot not freed: {stats}"
             hogs.pop().close()
@@ -613,27 +623,30 @@ def test_a_held_connect_blocks_no_checkout_or_return(dsn: str, app: str) -> None
     with pgpool.ThreadedConnectionPool(
         1, 3, pool_dsn(dsn, app), connector=connector, timeout=10
     ) as pool:
-        first = pool.getconn()
+        conn = pool.getconn()
         connector.gate.clear()  # the next connect is held until the test lets it go
         connector.started.clear()
-        slow, slow_outcome = in_thread(pool.getconn)
-        assert connector.started.wait(10)
+        _waiter, outcome = in_thread(pool.getconn, "waiter")
+        assert connector.started.wait(10)  # the connector connects for the waiter: held
         try:
+            pool.putconn(conn)  # ... and a return serves the waiter meanwhile
+            assert outcome.done.wait(10)
+            assert outcome.result is conn
             for _ in range(20):  # returns and checkouts go on meanwhile
-                pool.putconn(first)
-                first = pool.getconn(timeout=1)
-            assert not slow_outcome.done.is_set()
+                pool.putconn(conn)
+                conn = pool.getconn(timeout=1)
             assert pool.stats().connecting == 1
         finally:
             connector.gate.set()
-        slow.join(15)
-        assert slow_outcome.error is None
-        for conn in (first, slow_outcome.result):
-            pool.putconn(conn)
+        wait_for(lambda: pool.stats().idle == 1, 15, "the held connect joining the idle stack")
+        assert pool.stats().connecting == 0
+        pool.putconn(conn)
 
 
 @pytest.mark.timeout(60)
 def test_a_slow_connect_does_not_delay_a_waiter_served_by_a_return(dsn: str, app: str) -> None:
+    # Two callers wait; the connector's connect for them is held. A returned connection
+    # serves the first at once; the second gets the new connection when it is ready.
     connector = CountingConnector()
     with pgpool.ThreadedConnectionPool(
         0, 2, pool_dsn(dsn, app), connector=connector, timeout=10
@@ -641,21 +654,21 @@ def test_a_slow_connect_does_not_delay_a_waiter_served_by_a_return(dsn: str, app
         held = pool.getconn()
         connector.gate.clear()
         connector.started.clear()
-        slow, slow_outcome = in_thread(pool.getconn, "slow-connect")
+        _first, first = in_thread(pool.getconn, "first-waiter")
         try:
             assert connector.started.wait(10)
-            _waiter, waiter_outcome = in_thread(pool.getconn, "waiter")
-            wait_for(lambda: pool.stats().waiting == 1, what="second caller queued")
+            _second, second = in_thread(pool.getconn, "second-waiter")
+            wait_for(lambda: pool.stats().waiting == 2, what="second caller queued")
             pool.putconn(held)
-            assert waiter_outcome.done.wait(10)
-            assert waiter_outcome.result is held
-            assert not slow_outcome.done.is_set()  # served while the connect is still held
+            assert first.done.wait(10)
+            assert first.result is held
+            assert not second.done.is_set()  # the first was served while the connect is held
         finally:
             connector.gate.set()
-        slow.join(15)
-        assert slow_outcome.error is None
-        pool.putconn(slow_outcome.result)
-        pool.putconn(waiter_outcome.result)
+        assert second.done.wait(15)
+        assert second.error is None and second.result is not held
+        pool.putconn(first.result)
+        pool.putconn(second.result)
 
 
 @pytest.mark.timeout(60)
@@ -676,6 +689,15 @@ def test_slow_connects_through_the_proxy_block_nobody(
         connector.finished.clear()
         slow = [in_thread(pool.getconn, f"slow-{i}") for i in range(2)]
         assert connector.started.wait(10)
+        wait_for(lambda: pool.stats().waiting == 2, what="both callers queued")
+        pending = [outcome for _thread, outcome in slow]
+        for _ in slow:  # each is served by the hot connection in turn, not by a connect
+            pool.putconn(hot)
+            wait_for(lambda: any(o.done.is_set() for o in pending), 10, "a waiter served")
+            served = next(o for o in pending if o.done.is_set())
+            pending.remove(served)
+            assert served.error is None
+            hot = served.result
         cycles = 0
         while cycles < 50:  # the hot connection keeps cycling between checkouts
             pool.putconn(hot)
@@ -683,9 +705,5 @@ def test_slow_connects_through_the_proxy_block_nobody(
             assert scalar(hot, "SELECT 1") == 1
             cycles += 1
         assert not connector.finished.is_set(), "checkouts waited for the slow connects"
-        for thread, outcome in slow:
-            thread.join(30)
-            assert outcome.error is None
-            pool.putconn(outcome.result)
         pool.putconn(hot)
         assert pool.stats().in_use == 0

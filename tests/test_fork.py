@@ -26,8 +26,8 @@ import pytest
 from faultsupport import (
     backend_pid,
     backend_pids,
+    connector_threads,
     in_thread,
-    maintenance_threads,
     pool_dsn,
     scalar,
     unique_app,
@@ -191,11 +191,11 @@ def test_child_can_use_a_pool_a_parent_thread_was_waiting_on(dsn: str) -> None:
 def test_child_pool_has_its_own_maintenance(dsn: str) -> None:
     app = unique_app("fork-maint")
     with pgpool.ThreadedConnectionPool(2, 3, pool_dsn(dsn, app), maintenance_interval=0.1) as pool:
-        assert len(maintenance_threads()) >= 1
+        assert len(connector_threads()) >= 1
 
         def child() -> dict[str, Any]:
-            name = f"pgpool-maintenance-{pool.name}"
-            mine = [t for t in maintenance_threads() if t.name == name]
+            name = f"pgpool-connector-{pool.name}"
+            mine = [t for t in connector_threads() if t.name == name]
             assert mine and all(t.is_alive() for t in mine), "no maintenance in the child"
             # Maintenance refills the child's pool to minconn with its own sessions.
             wait_for(lambda: pool.stats().idle >= 2, 10, "child pool refilled")

@@ -492,8 +492,8 @@ def test_no_reclaim_without_max_lease(pools: Pools, clock: FakeClock) -> None:
 # -- the maintenance thread (real time) --------------------------------------------------------
 
 
-def _maintenance_threads(name: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == f"pgpool-maintenance-{name}"]
+def _connector_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"pgpool-connector-{name}"]
 
 
 def test_maintenance_thread_reaps_without_any_call(pools: Pools, dsn: str, app: str) -> None:
@@ -517,7 +517,7 @@ def test_maintenance_thread_refills_minconn(pools: Pools) -> None:
 def test_maintenance_thread_ends_when_the_pool_is_collected(dsn: str) -> None:
     name = unique_app_name("gc-pool")
     pool = pgpool.ThreadedConnectionPool(0, 2, dsn, name=name, maintenance_interval=0.01)
-    (thread,) = _maintenance_threads(name)
+    (thread,) = _connector_threads(name)
     assert thread.is_alive()
     del pool
     gc.collect()
@@ -528,15 +528,21 @@ def test_maintenance_thread_ends_when_the_pool_is_collected(dsn: str) -> None:
 def test_closeall_stops_the_maintenance_thread_promptly(dsn: str) -> None:
     name = unique_app_name("stop-pool")
     pool = pgpool.ThreadedConnectionPool(1, 2, dsn, name=name, maintenance_interval=3600)
-    (thread,) = _maintenance_threads(name)
+    (thread,) = _connector_threads(name)
     pool.closeall()
     thread.join(10)  # far less than the hour it would otherwise sleep
     assert not thread.is_alive()
 
 
-def test_no_maintenance_thread_when_interval_is_none(pools: Pools) -> None:
+def test_no_maintenance_pass_when_interval_is_none(pools: Pools) -> None:
+    # The connector thread still opens connections for waiters, but runs no maintenance.
     pool = pools.threaded(0, 1, name=unique_app_name("quiet"), maintenance_interval=None)
-    assert _maintenance_threads(pool.name) == []
+    calls: list[int] = []
+    pool.maintain = lambda: calls.append(1)  # type: ignore[method-assign]
+    conn = pool.getconn(timeout=10)  # opened by the connector, in one of its rounds
+    pool.putconn(conn)
+    assert len(_connector_threads(pool.name)) == 1
+    assert calls == []
 
 
 # -- cleaning on return --------------------------------------------------------------------------
@@ -785,6 +791,6 @@ def test_a_failing_maintenance_pass_is_logged_and_the_thread_goes_on(
     with caplog.at_level(logging.ERROR, logger="pgpool"):
         wait_until(lambda: len(calls) >= 3, "maintenance passes after a failed one")
     assert any("'flaky': maintenance pass failed" in r.getMessage() for r in caplog.records)
-    assert pool._maintenance is not None and pool._maintenance.alive
+    assert pool._connector is not None and pool._connector.alive
     pool.closeall()
-    wait_until(lambda: not pool._maintenance.alive, "the thread ending after closeall")  # type: ignore[union-attr]
+    wait_until(lambda: not pool._connector.alive, "the thread ending after closeall")  # type: ignore[union-attr]
