@@ -48,7 +48,14 @@ CONFIGS: list[tuple[str, str, int | None]] = [
     ("direct", "direct", None),
     ("pgbouncer-16", "PgBouncer pool 16", 16),  # transaction mode, default_pool_size 16
     ("pgbouncer-8", "PgBouncer pool 8", 8),
+    # The sizing rule broken, then fixed: a second server that leaves the application's
+    # role only LIMITED connections, fewer than processes x maxconn (32).
+    ("limited-direct", "direct, 20 allowed", None),
+    ("limited-pgbouncer-16", "PgBouncer 16, 20 allowed", 16),
 ]
+LIMITED = {"limited-direct", "limited-pgbouncer-16"}
+LIMIT = 20  # connections the limited server leaves the application's role
+APP_ROLE = "fleet_app"  # not a superuser: superuser_reserved_connections stay for admin
 # Short names for the table's query column (it must fit 100 columns with the rest).
 QUERY_NAMES = {"select1": "SELECT 1", "sleep2ms": "2 ms sleep"}
 WARMUP = 0.5  # seconds of each run left out of the figures
@@ -70,12 +77,15 @@ def steps(quick: bool) -> int:
 
 
 def _process(dsn: str, sql: str, seconds: float, ready: Any, out: Any) -> None:
-    """One application process: opens a pool of MAXCONN, waits for the whole fleet at
-    `ready`, then runs MAXCONN threads looping on transactions for WARMUP + `seconds`;
-    sends (latencies in s of the requests after the warm-up, errors)."""
+    """One application process: makes a pool of up to MAXCONN, waits for the whole fleet
+    at `ready`, then runs MAXCONN threads looping on transactions for WARMUP + `seconds`;
+    sends (latencies in s of the requests after the warm-up, errors).
+
+    minconn is 0 so that a process the server refuses still starts (and counts its
+    failed requests); under load each thread opens its connection in the warm-up."""
     import pgpool
 
-    pool = pgpool.ThreadedConnectionPool(MAXCONN, MAXCONN, dsn, timeout=30)
+    pool = pgpool.ThreadedConnectionPool(0, MAXCONN, dsn, timeout=30)
     latencies = [array("d") for _ in range(MAXCONN)]
     errors = [0] * MAXCONN
     ready.wait()  # every process has its connections: start together
@@ -90,6 +100,7 @@ def _process(dsn: str, sql: str, seconds: float, ready: Any, out: Any) -> None:
                     cur.execute(sql)
             except Exception:
                 errors[i] += 1
+                time.sleep(0.01)  # a refused connect fails fast: do not spin on it
                 continue
             if now >= measure_from:
                 record(clock() - now)
@@ -122,6 +133,7 @@ def _bouncer(dsn: str, pool_size: int) -> Iterator[Any]:
         database=params.get("dbname", "postgres"),
         default_pool_size=pool_size,
         max_client_conn=PROCESSES * MAXCONN + 20,
+        users=[params.get("user", "postgres")],
     )
     with bouncer:
         yield bouncer
@@ -160,17 +172,22 @@ def _count_bouncer(bouncer: Any) -> tuple[int, int]:
     return server, client
 
 
-def _run_fleet(ctx: Context, sql: str, pool_size: int | None, seconds: float) -> dict[str, Any]:
+def _run_fleet(
+    dsn: str, admin_dsn: str, sql: str, pool_size: int | None, seconds: float
+) -> dict[str, Any]:
+    """One run of the fleet against `dsn` (through a PgBouncer of `pool_size` if given);
+    `admin_dsn` counts the server's connections."""
     app = f"pgpool-fleet-{os.getpid()}-{time.monotonic_ns() % 10**6}"
     with contextlib.ExitStack() as stack:
         if pool_size is None:
-            client_dsn = make_dsn(ctx.dsn, application_name=app)
+            client_dsn = make_dsn(dsn, application_name=app)
 
             def count() -> tuple[int, int]:
-                return _count_direct(ctx.dsn, app)
+                return _count_direct(admin_dsn, app)
         else:
-            bouncer = stack.enter_context(_bouncer(ctx.dsn, pool_size))
-            client_dsn = make_dsn(bouncer.dsn, application_name=app)
+            bouncer = stack.enter_context(_bouncer(dsn, pool_size))
+            user = parse_dsn(dsn).get("user", "postgres")
+            client_dsn = make_dsn(bouncer.dsn, application_name=app, user=user)
 
             def count() -> tuple[int, int]:
                 return _count_bouncer(bouncer)
@@ -216,24 +233,50 @@ def _run_fleet(ctx: Context, sql: str, pool_size: int | None, seconds: float) ->
     }
 
 
+@contextlib.contextmanager
+def _limited_server() -> Iterator[tuple[str, str]]:
+    """A second embedded server whose max_connections leaves LIMIT connections to the
+    application's role (the superuser keeps the reserved ones, to count sessions);
+    yields (the application's DSN, an admin DSN)."""
+    from testbed.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres(max_connections=LIMIT + 3) as server:  # 3 reserved by default
+        server.execute(f"CREATE ROLE {APP_ROLE} LOGIN")
+        yield make_dsn(server.dsn, user=APP_ROLE), server.dsn
+
+
 def run(ctx: Context) -> dict[str, Any]:
     reps, seconds, queries = _sizes(ctx.quick)
     unavailable = _bouncer_unavailable(ctx.dsn)
-    configs = [c for c in CONFIGS if c[2] is None or unavailable is None]
+    # The limited server is a second embedded one: only when this run started its own
+    # (with --dsn the bench starts no server of its own).
+    limited = ctx.server_pid is not None
+    configs = [
+        c
+        for c in CONFIGS
+        if (c[2] is None or unavailable is None) and (c[0] not in LIMITED or limited)
+    ]
     from testbed.embedded import run_sql
 
     rows_ = run_sql(ctx.dsn, "SELECT current_setting('max_connections')::int")
     max_connections = rows_[0][0] if rows_ else None
     per_rep: dict[str, dict[str, list[dict[str, Any]]]] = {q: {} for q in queries}
-    for rep in range(reps):
-        for query, sql in queries.items():
-            shift = rep % len(configs)
-            for key, _label, pool_size in configs[shift:] + configs[:shift]:
-                result = _run_fleet(ctx, sql, pool_size, seconds)
-                per_rep[query].setdefault(key, []).append(result)
-                ctx.advance(f"fleet / {query} / {key}")
-        for _ in range((len(CONFIGS) - len(configs)) * len(queries)):  # skipped rows
-            ctx.advance("fleet")
+    with contextlib.ExitStack() as stack:
+        if any(c[0] in LIMITED for c in configs):
+            limited_dsn, limited_admin = stack.enter_context(_limited_server())
+        for rep in range(reps):
+            for query, sql in queries.items():
+                shift = rep % len(configs)
+                for key, _label, pool_size in configs[shift:] + configs[:shift]:
+                    if key in LIMITED:
+                        dsn, admin = limited_dsn, limited_admin
+                    else:
+                        dsn, admin = ctx.dsn, ctx.dsn
+                    result = _run_fleet(dsn, admin, sql, pool_size, seconds)
+                    per_rep[query].setdefault(key, []).append(result)
+                    ctx.advance(f"fleet / {query} / {key}")
+            for _ in range((len(CONFIGS) - len(configs)) * len(queries)):  # skipped rows
+                ctx.advance("fleet")
     rows: dict[str, dict[str, Any]] = {}
     for query, by_key in per_rep.items():
         rows[query] = {}
@@ -259,6 +302,11 @@ def run(ctx: Context) -> dict[str, Any]:
             "queries": queries,
             "max_connections": max_connections,
             "pgbouncer": unavailable or "transaction mode",
+            "limited": (
+                f"a second server leaving {LIMIT} connections to the application's role"
+                if limited
+                else "not run: the bench did not start its own server (--dsn)"
+            ),
         },
         "labels": {key: label for key, label, _ in CONFIGS},
         "pool_sizes": {key: size for key, _, size in CONFIGS},
@@ -286,10 +334,9 @@ def tables(result: dict[str, Any]) -> list[Table]:
                 ]
             )
     notes = [
-        f"{st['processes']} processes x a ThreadedConnectionPool({st['maxconn']}, "
-        f"{st['maxconn']}) with {st['threads_per_process']} threads each: "
-        f"{st['processes'] * st['maxconn']} client connections; server max_connections "
-        f"{st['max_connections']}",
+        f"{st['processes']} processes x a ThreadedConnectionPool(0, {st['maxconn']}) with "
+        f"{st['threads_per_process']} threads each: {st['processes'] * st['maxconn']} client "
+        f"connections; server max_connections {st['max_connections']}",
         f"{st['warmup_s']:g} s warm-up, then "
         + spread_note(st["repetitions"], f"runs of {st['seconds']:g} s")
         + "; latency = checkout + transaction + return",
@@ -297,7 +344,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
         "16 or 8; 2 ms sleep: SELECT pg_sleep(0.002)",
         "tx/s: transactions per second; server / client: the most connections seen, sampled "
         "every 0.1 s (pg_stat_activity directly, SHOW POOLS through PgBouncer)",
-        f"PgBouncer: {st['pgbouncer']}",
+        f"PgBouncer: {st['pgbouncer']}; 20 allowed: {st.get('limited', 'not run')}",
     ]
     return [Table(f"fleet: {TITLE.split(': ', 1)[1]}", cols, rows, notes)]
 

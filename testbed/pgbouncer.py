@@ -26,7 +26,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -54,7 +54,8 @@ def find_pgbouncer() -> Path | None:
 class PgBouncer:
     """A private PgBouncer for one upstream server; see the module docstring.
 
-    `database` is the name clients use and PgBouncer forwards unchanged. Settings that the
+    `database` is the name clients use and PgBouncer forwards unchanged; `users` are the
+    roles clients may log in as (trusted, like the embedded server). Settings that the
     tests turn (`default_pool_size`, `query_wait_timeout`, ...) are constructor arguments;
     `extra` adds any other ``[pgbouncer]`` setting. The port is kept across `restart()`.
     """
@@ -72,6 +73,7 @@ class PgBouncer:
         max_client_conn: int = 200,
         query_wait_timeout: float = 120,
         server_reset_query: str = "DISCARD ALL",
+        users: Sequence[str] = ("postgres",),
         extra: Mapping[str, str | int | float] | None = None,
     ) -> None:
         binary = find_pgbouncer()
@@ -81,6 +83,8 @@ class PgBouncer:
         self.pool_mode = pool_mode
         self.database = database
         self.default_pool_size = default_pool_size
+        # Trust auth still wants each user listed; postgres is the admin console's.
+        self._users = sorted({"postgres", *users})
         self._settings: dict[str, str | int | float] = {
             "listen_addr": self.host,
             "auth_type": "trust",
@@ -242,7 +246,7 @@ class PgBouncer:
     def _setup(self) -> None:
         directory = Path(tempfile.mkdtemp(prefix="pgpool-pgbouncer-"))
         self.directory = directory
-        (directory / "userlist.txt").write_text('"postgres" ""\n')
+        (directory / "userlist.txt").write_text("".join(f'"{u}" ""\n' for u in self._users))
         if self._user is not None:
             user = _service_user()
             for parent in directory.parents:  # the service user must reach its own dir

@@ -11,7 +11,6 @@ import pytest
 from conftest import EXTERNAL_DSN
 
 from benchmarks import fleet
-from benchmarks.common import Context
 from testbed.pgbouncer import MISSING, find_pgbouncer
 
 
@@ -21,7 +20,7 @@ def test_fleet_through_pgbouncer_bounds_server_connections(
     dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(fleet, "PROCESSES", 2)  # the parent's side; children use MAXCONN
-    result = fleet._run_fleet(Context(dsn=dsn), "SELECT 1", pool_size=3, seconds=0.5)
+    result = fleet._run_fleet(dsn, dsn, "SELECT 1", pool_size=3, seconds=0.5)
     assert result["errors"] == 0
     assert result["tps"] > 0
     assert result["client_connections"] == 2 * fleet.MAXCONN
@@ -38,3 +37,23 @@ def test_fleet_rows_need_pgbouncer_and_trust() -> None:
         assert fleet._bouncer_unavailable("host=127.0.0.1 port=5432") is None
     else:
         assert fleet._bouncer_unavailable("host=127.0.0.1") == MISSING
+
+
+@pytest.mark.skipif(find_pgbouncer() is None, reason=MISSING)
+@pytest.mark.skipif(bool(EXTERNAL_DSN), reason="starts a server of its own")
+def test_fleet_over_the_server_limit_fails_directly_and_works_through_pgbouncer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sizing rule broken: 2 processes x 4 connections against a server that allows
+    the role 3. Directly, the connections beyond the limit are refused (the requests that
+    needed them fail); through a PgBouncer pool of 2, every request is served."""
+    monkeypatch.setattr(fleet, "PROCESSES", 2)
+    monkeypatch.setattr(fleet, "LIMIT", 3)
+    with fleet._limited_server() as (app_dsn, admin_dsn):
+        direct = fleet._run_fleet(app_dsn, admin_dsn, "SELECT 1", pool_size=None, seconds=0.5)
+        pooled = fleet._run_fleet(app_dsn, admin_dsn, "SELECT 1", pool_size=2, seconds=0.5)
+    assert direct["errors"] > 0
+    assert direct["server_connections"] <= 3
+    assert pooled["errors"] == 0
+    assert pooled["client_connections"] == 2 * fleet.MAXCONN
+    assert pooled["server_connections"] <= 2
