@@ -366,17 +366,21 @@ def plot(result: dict[str, Any]) -> list[tuple[str, Any]]:
     for col, query in enumerate(queries):
         by_key = result["rows"][query]
         keys = list(by_key)
+        # A row whose requests failed says so on its bar: its throughput is that of the
+        # requests that got a connection, not a gain.
         labels = [
             f"{result['labels'][k]}\n{by_key[k]['server_connections']} server / "
             f"{by_key[k]['client_connections']} client conns"
+            + (f"\n{by_key[k]['errors']} requests FAILED" if by_key[k]["errors"] else "")
             for k in keys
         ]
         tps = [by_key[k]["tps"]["median"] for k in keys]
         p99 = [by_key[k]["p99_ms"]["median"] for k in keys]
         colors = ["#4c72b0" if result["pool_sizes"][k] is None else "#dd8452" for k in keys]
-        axes[0][col].barh(labels, tps, color=colors)
+        hatches = ["//" if by_key[k]["errors"] else "" for k in keys]
+        axes[0][col].barh(labels, tps, color=colors, hatch=hatches, edgecolor="white")
         axes[0][col].set_title(f"{result['settings']['queries'][query]}: transactions/s")
-        axes[1][col].barh(labels, p99, color=colors)
+        axes[1][col].barh(labels, p99, color=colors, hatch=hatches, edgecolor="white")
         axes[1][col].set_title("p99 latency, ms (lower is better)")
         for ax in (axes[0][col], axes[1][col]):
             ax.invert_yaxis()
