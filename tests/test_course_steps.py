@@ -264,6 +264,7 @@ def test_chapter_7_reads_pgpool_as_it_is() -> None:
         pgpool.options,
         pgpool.state.PoolState,
         pgpool.pool.AbstractConnectionPool,
+        pgpool.ThreadedConnectionPool,
         threading,
         os,
     ]
