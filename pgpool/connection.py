@@ -216,12 +216,29 @@ def connect(connector: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> An
     error trackers and structured loggers walk the whole chain and would send it on.
     """
     try:
-        return connector(*args, **kwargs)
+        conn = connector(*args, **kwargs)
     except Exception as error:
         scrubbed = scrub(error, passwords_in(args, kwargs))
         if scrubbed is error:
             raise
+    else:
+        if not all(hasattr(conn, name) for name in PSYCOPG2_API):
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise TypeError(
+                f"the connector returned {type(conn).__module__}.{type(conn).__qualname__}, "
+                "not a psycopg2 connection: pgpool pools psycopg2 connections (a "
+                "psycopg2.extensions.connection, as psycopg2.connect returns); for psycopg 3 "
+                "use psycopg_pool"
+            )
+        return conn
     raise scrubbed
+
+
+# What the pool uses of a connection beyond close(), and that a psycopg 3 connection (the
+# likeliest wrong connector) lacks: checked once per connect, so a wrong connector fails at
+# the first connect with a clear TypeError instead of an AttributeError much later.
+PSYCOPG2_API = ("get_transaction_status", "readonly", "set_client_encoding")
 
 
 def _chain(error: BaseException) -> list[BaseException]:

@@ -349,3 +349,24 @@ def test_putconn_of_anything_else_is_refused_and_changes_nothing(
         _still_works(pool)
     finally:
         pool.closeall()
+
+
+def test_a_connector_that_is_not_psycopg2_gets_a_clear_type_error(dsn: str) -> None:
+    """psycopg 3's connect is the likeliest mistake: it fails at the first connect, naming
+    what was expected, instead of with an AttributeError ('readonly') much later."""
+    psycopg = pytest.importorskip("psycopg")
+    opened: list[Any] = []
+
+    def psycopg3(*args: Any, **kwargs: Any) -> Any:
+        opened.append(psycopg.connect(*args, **kwargs))
+        return opened[-1]
+
+    with pytest.raises(TypeError, match=r"not a psycopg2 connection.*psycopg_pool"):
+        pgpool.ThreadedConnectionPool(1, 2, dsn, connector=psycopg3)
+    pool = pgpool.SimpleConnectionPool(0, 2, dsn, connector=psycopg3)
+    with pytest.raises(TypeError, match=r"psycopg\.Connection"):
+        pool.getconn()
+    stats = pool.stats()
+    assert (stats.size, stats.connect_errors) == (0, 1)  # the slot is free again
+    assert opened and all(conn.closed for conn in opened)  # nothing left open
+    pool.closeall()
