@@ -213,13 +213,14 @@ def _run_fleet(
                 most_server, most_client = max(most_server, server), max(most_client, client)
             time.sleep(0.1)
         latencies = array("d")
-        errors = 0
+        errors = starved = 0
         for receive in pipes:
             raw, errs = receive.recv()
             part = array("d")
             part.frombytes(raw)
             latencies.extend(part)
             errors += errs
+            starved += not part  # served no request in the measured window
         for proc in procs:
             proc.join(30)
     p50, p99 = percentiles(latencies, (50, 99)) if latencies else (math.nan, math.nan)
@@ -228,6 +229,7 @@ def _run_fleet(
         "p50_ms": p50 * 1e3,
         "p99_ms": p99 * 1e3,
         "errors": errors,
+        "starved_processes": starved,
         "server_connections": most_server,
         "client_connections": most_client,
     }
@@ -286,6 +288,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 "p99_ms": summarize(r["p99_ms"] for r in runs).to_dict(),
                 "p50_ms": summarize(r["p50_ms"] for r in runs).to_dict(),
                 "errors": sum(r["errors"] for r in runs),
+                "starved_processes": max(r.get("starved_processes", 0) for r in runs),
                 "server_connections": max(r["server_connections"] for r in runs),
                 "client_connections": max(r["client_connections"] for r in runs),
                 "per_rep": runs,
@@ -346,6 +349,14 @@ def tables(result: dict[str, Any]) -> list[Table]:
         "every 0.1 s (pg_stat_activity directly, SHOW POOLS through PgBouncer)",
         f"PgBouncer: {st['pgbouncer']}; 20 allowed: {st.get('limited', 'not run')}",
     ]
+    starved = [
+        f"{result['labels'][key]} ({QUERY_NAMES.get(query, query)}): {row['starved_processes']}"
+        for query, by_key in result["rows"].items()
+        for key, row in by_key.items()
+        if row.get("starved_processes")
+    ]
+    if starved:
+        notes.append("processes that served no request (no connection): " + "; ".join(starved))
     return [Table(f"fleet: {TITLE.split(': ', 1)[1]}", cols, rows, notes)]
 
 
@@ -372,12 +383,19 @@ def plot(result: dict[str, Any]) -> list[tuple[str, Any]]:
             f"{result['labels'][k]}\n{by_key[k]['server_connections']} server / "
             f"{by_key[k]['client_connections']} client conns"
             + (f"\n{by_key[k]['errors']} requests FAILED" if by_key[k]["errors"] else "")
+            + (
+                f", {by_key[k]['starved_processes']} processes starved"
+                if by_key[k].get("starved_processes")
+                else ""
+            )
             for k in keys
         ]
         tps = [by_key[k]["tps"]["median"] for k in keys]
         p99 = [by_key[k]["p99_ms"]["median"] for k in keys]
         colors = ["#4c72b0" if result["pool_sizes"][k] is None else "#dd8452" for k in keys]
-        hatches = ["//" if by_key[k]["errors"] else "" for k in keys]
+        hatches = [
+            "//" if by_key[k]["errors"] or by_key[k].get("starved_processes") else "" for k in keys
+        ]
         axes[0][col].barh(labels, tps, color=colors, hatch=hatches, edgecolor="white")
         axes[0][col].set_title(f"{result['settings']['queries'][query]}: transactions/s")
         axes[1][col].barh(labels, p99, color=colors, hatch=hatches, edgecolor="white")
