@@ -198,7 +198,12 @@ def fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
 
 
 def fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+    """``1.29x``; below 0.1 two significant figures (``0.0048x``), never a bare ``0.00x``."""
+    if value is None:
+        return "-"
+    if 0 < abs(value) < 0.1:
+        return f"{value:.2g}x"
+    return f"{value:.2f}x"
 
 
 # -- honest cells: a median with its spread, marked when it cannot be trusted ----------
@@ -224,13 +229,16 @@ def noisy(summaries: Mapping[str, Summary]) -> set[str]:
 def fmt_spread(s: Summary, digits: int = 1, scale: float = 1.0, is_noisy: bool = False) -> str:
     """``median ±half-IQR``: the middle value and how much repetitions moved around it.
 
-    Never ``±0`` for want of data: a single measurement is shown as ``median (n=1)``, and a
-    spread too small for `digits` keeps two significant figures. `is_noisy` appends `NOISY`.
+    Never ``±0`` for want of data: a single measurement is shown as ``median (n=1)``,
+    repetitions that all agree as ``median ±0 (n=3)``, and a spread too small for `digits`
+    keeps two significant figures. `is_noisy` appends `NOISY`.
     """
     median = s.median * scale
     if s.n < 2:
         return f"{median:,.{digits}f} {ONCE}"
     half = (s.p75 - s.p25) / 2 * scale
+    if half == 0:  # every repetition gave the same value: say how many, not a bare ±0
+        return f"{median:,.{digits}f} ±0 (n={s.n})"
     spread = f"{half:,.{digits}f}"
     if half > 0 and float(spread.replace(",", "")) == 0:
         spread = f"{half:.2g}"

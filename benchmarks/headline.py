@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import NOISY, ONCE, Table, noisy
+from benchmarks.common import NOISY, ONCE, Table, fmt_ratio, noisy
 from benchmarks.stats import Summary
 
 PGPOOL, PSYCOPG2 = "pgpool-threaded", "psycopg2-threaded"
@@ -48,7 +48,7 @@ def _line(
     best_cell = "-"
     if best:
         best_cell = f"{fmt.format(best[1])} ({labels[best[0]]}){marks[best[0]]}"
-    times = f"{mine / theirs:.2f}x" if theirs else "-"
+    times = fmt_ratio(mine / theirs) if theirs else "-"
     return [what, cells[0], cells[1], times, best_cell]
 
 
@@ -79,6 +79,8 @@ def _marks(
             continue
         pct = s.spread * 100
         spread = f"±{pct:.0f}%" if pct >= 1 else f"±{pct:.1g}%"
+        if pct == 0:
+            spread = f"±0 (n={s.n})"  # the repetitions all agree: say how many
         out[k] = f"\n{spread}{NOISY if k in shaky else ''}"
     return out
 

@@ -113,3 +113,15 @@ def test_plot_marks_a_pool_over_maxconn_and_labels_past_the_error_bar() -> None:
         assert ax.get_xlim()[1] > 150.0  # room for the longest bar's label
     finally:
         plt.close(fig)
+
+
+def test_repetitions_that_agree_say_how_many() -> None:
+    assert fmt_spread(summarize([2.0, 2.0, 2.0]), 0) == "2 ±0 (n=3)"
+
+
+def test_small_ratios_keep_two_significant_figures() -> None:
+    from benchmarks.common import fmt_ratio
+
+    assert fmt_ratio(33 / 6860) == "0.0048x"  # not 0.00x
+    assert fmt_ratio(0.93) == "0.93x"
+    assert fmt_ratio(None) == "-"
