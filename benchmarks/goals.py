@@ -21,7 +21,9 @@ A contender that opened more sessions than the configured maximum (psycopg2-pool
 see contenders.py) is never the "best" or "other" pool a goal is judged against: it buys
 its speed with connections the others were not allowed. A ratio printed next to two
 medians is the ratio of those medians, unless the text says it is a median of paired
-ratios (cycle: each repetition times both pools moments apart).
+ratios (cycle: each repetition times both pools moments apart). When the two medians of a
+comparison differ by less than their spread, the measured text says "within the spread": the
+verdict stands, but the repetitions did not establish it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,16 @@ class Goal:
 def _median(row: dict[str, Any], metric: str) -> float:
     value: float = row[metric]["median"]
     return value
+
+
+def _noise(mine: dict[str, Any], theirs: dict[str, Any], metric: str) -> str:
+    """ "; within the spread" when the two medians differ by less than the larger half-IQR
+    of the two: the verdict then rests on a difference the repetitions did not establish."""
+    a, b = mine[metric], theirs[metric]
+    spread = max(a["p75"] - a["p25"], b["p75"] - b["p25"]) / 2
+    if min(a["n"], b["n"]) < 2:
+        return "; measured once"
+    return "; within the spread" if abs(a["median"] - b["median"]) < spread else ""
 
 
 def _over(row: dict[str, Any]) -> bool:
@@ -98,7 +110,8 @@ def _cycle(res: dict[str, Any]) -> list[Goal]:
                 f"checkout + return, {what}: pgpool Threaded <= 1.0x psycopg2 Threaded "
                 "(median of paired ratios)",
                 f"{mine:.2f} us vs {theirs:.2f} us: paired ratio {paired:.2f}x "
-                f"(ratio of the medians {mine / theirs:.2f}x)",
+                f"(ratio of the medians {mine / theirs:.2f}x)"
+                + _noise(rows[PGPOOL], rows[PSYCOPG2], "us"),
                 paired <= 1.0,
             )
         )
@@ -113,7 +126,8 @@ def _max_wait_goal(rows: dict[str, Any], what: str) -> Goal | None:
     return Goal(
         "contention",
         f"{what}: median max wait <= psycopg_pool's",
-        f"{mine:,.1f} ms vs {theirs:,.1f} ms (median of per-repetition maxima)",
+        f"{mine:,.1f} ms vs {theirs:,.1f} ms (median of per-repetition maxima)"
+        + _noise(rows[PGPOOL], rows[PSYCOPG_POOL], "wait_max_ms"),
         mine <= theirs,
     )
 
@@ -131,7 +145,8 @@ def _contention(res: dict[str, Any]) -> list[Goal]:
                 Goal(
                     "contention",
                     f"{what}: q/s >= 0.95x psycopg2 Threaded (retry loop)",
-                    f"{mine:,.0f} q/s vs {base:,.0f} q/s = {mine / base:.2f}x",
+                    f"{mine:,.0f} q/s vs {base:,.0f} q/s = {mine / base:.2f}x"
+                    + _noise(rows[PGPOOL], rows[PSYCOPG2], "qps"),
                     mine >= 0.95 * base,
                 )
             )
@@ -143,7 +158,9 @@ def _contention(res: dict[str, Any]) -> list[Goal]:
                     "contention",
                     f"{what}: q/s >= every other pool within maxconn",
                     f"{mine:,.0f} q/s vs {theirs:,.0f} q/s ({labels.get(key, key)}) = "
-                    f"{mine / theirs:.2f}x" + _excluded(rows, labels),
+                    f"{mine / theirs:.2f}x"
+                    + _noise(rows[PGPOOL], rows[key], "qps")
+                    + _excluded(rows, labels),
                     mine >= theirs,
                 )
             )
@@ -171,7 +188,9 @@ def _contention(res: dict[str, Any]) -> list[Goal]:
                     "contention",
                     f"{what}: q/s >= 0.98x the best pool within maxconn",
                     f"{mine:,.0f} q/s vs {theirs:,.0f} q/s ({labels.get(key, key)}) = "
-                    f"{mine / theirs:.2f}x" + _excluded(rows, labels),
+                    f"{mine / theirs:.2f}x"
+                    + _noise(rows[PGPOOL], rows[key], "qps")
+                    + _excluded(rows, labels),
                     mine >= 0.98 * theirs,
                 )
             )
@@ -235,7 +254,8 @@ def _spike(res: dict[str, Any]) -> list[Goal]:
             Goal(
                 "spike",
                 "all 50 served no later than psycopg_pool",
-                f"{t * 1e3:,.0f} ms vs {theirs * 1e3:,.0f} ms (medians)",
+                f"{t * 1e3:,.0f} ms vs {theirs * 1e3:,.0f} ms (medians)"
+                + _noise(mine, rows[PSYCOPG_POOL], "served_s"),
                 t <= theirs,
             )
         )

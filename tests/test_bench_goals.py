@@ -321,3 +321,16 @@ def test_headline_shows_spread_and_single_measurements() -> None:
     qps = next(r for r in table.rows if r[0] == "contention SELECT 1: q/s")
     # pgpool: ±10 % and closer to psycopg2 (4) than its spread: the order is not established.
     assert qps[1:] == ["100\n±10%~", "104\n±1%", "0.96x", "50 (DBUtils)\n(n=1)"]
+
+
+def test_a_verdict_within_the_spread_says_so() -> None:
+    spread = {"p25": 11.0, "p75": 14.0, "min": 10.0, "max": 15.0, "n": 3}
+    rows = {
+        PG: {**contention_row(1_700, 9.0, 0.9), "wait_max_ms": {"median": 12.7, **spread}},
+        PSY: {**contention_row(1_500, 9.0, 0.9), "wait_max_ms": s(12.1)},
+    }
+    wait = only(sleep_goals(rows), "contention", "max wait")
+    assert wait.met is False  # the verdict is the medians' ...
+    assert wait.measured.endswith("(median of per-repetition maxima); within the spread")
+    rows[PG]["wait_max_ms"] = s(12.7, n=1)  # ... and a single run says it was one
+    assert only(sleep_goals(rows), "contention", "max wait").measured.endswith("; measured once")
