@@ -26,6 +26,7 @@ from testbed.embedded import EmbeddedPostgres, run_sql
 
 TICK = 0.2  # seconds between samples: one character of a lane per tick
 PLAIN_EVERY = 1.0  # seconds between status lines when piped
+REPEAT_QUIET = 2.0  # seconds during which a repeated pgpool log message is not shown again
 OPENED_EVERY = 2.0  # connects are logged as one line per pool per this many seconds
 SHORT_DURATION = 2.0  # --short: every scenario scaled to about this long
 APPLICATION_NAME = "pgpool-demo"
@@ -42,14 +43,21 @@ NEWS = {
 
 
 class _ToEventLog(logging.Handler):
-    """pgpool's log records (reclaims, dropped connections) as events, first line only."""
+    """pgpool's log records (reclaims, failed connects) as events, first line only. While
+    the server is down every connect attempt logs the same failure: a message already
+    shown in the last REPEAT_QUIET seconds is not shown again."""
 
     def __init__(self, log: EventLog) -> None:
         super().__init__(logging.INFO)
         self._log = log
+        self._shown: dict[str, float] = {}  # message -> when last shown
 
     def emit(self, record: logging.LogRecord) -> None:
         line = record.getMessage().splitlines()[0]
+        now = time.monotonic()
+        if now - self._shown.get(line, -REPEAT_QUIET) < REPEAT_QUIET:
+            return
+        self._shown[line] = now
         self._log.add("pgpool log", line if len(line) <= 90 else line[:89] + "…")
 
 
