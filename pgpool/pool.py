@@ -39,7 +39,7 @@ from . import connection as conn_ops
 from . import watchdog
 from .errors import PoolClosed, PoolError, PoolTimeout
 from .options import PoolOptions, check_timeout
-from .state import LIFETIME_JITTER, PoolState, Slot, Waiter, same_key
+from .state import LIFETIME_JITTER, PoolState, Reservation, Slot, Waiter, same_key
 from .stats import PoolStats
 
 logger = logging.getLogger("pgpool")
@@ -249,7 +249,7 @@ class AbstractConnectionPool:
                 if now < slot.expires_at:
                     state.give_back(slot, now)
                     return None
-            state.begin_return(slot)
+            state.begin_return(slot, self._clock())
         self._finish_return(slot, close)
         return None
 
@@ -331,15 +331,23 @@ class AbstractConnectionPool:
                 self._reclaimed.add(slot.conn)
         for slot in plan.close:
             conn_ops.close_quietly(slot.conn)
-        to_open = plan.to_open
         for slot in plan.reclaimed:
             self._reclaim(slot, now)
-        if plan.reclaimed:  # their slots are free only now: refill them in this pass too
+        self._refill()  # after the reclaims: their slots are free only once they are closed
+
+    def _refill(self) -> None:
+        """Open connections up to minconn, one at a time, within the connect budget."""
+        state = self._state
+        reservation = Reservation()  # before reserving: see Reservation
+        try:
             with self._lock:
-                to_open += self._state.reserve_refills(self._clock())
-        for remaining in range(to_open, 0, -1):
-            if not self._refill_one(remaining):
-                break
+                if not state.closed:
+                    state.reserve_refills(self._clock(), reservation)
+            while reservation.left and self._refill_one(reservation):
+                pass
+        finally:
+            if reservation.left:
+                self._record(state.release, reservation, NOW)
 
     def __enter__(self) -> AbstractConnectionPool:
         return self
@@ -397,7 +405,7 @@ class AbstractConnectionPool:
                 if now >= deadline:
                     state.timed_out()
                     raise self._timeout_error(0.0, deadline - now)
-                waiter = Waiter(key, now)
+                waiter = Waiter(key, now, deadline)
                 state.enqueue(waiter)  # may serve it at once, or raise TooManyWaiting
             if key is not None:
                 state.hold_key(key)  # until the connection is leased under the key
@@ -546,20 +554,20 @@ class AbstractConnectionPool:
             raise
         self._state.opened_initial(slots)
 
-    def _refill_one(self, reserved: int) -> bool:
-        """Open one connection for a slot reserved by maintenance. On failure, release all
-        `reserved` reservations (the back-off decides when to try again) and return False."""
+    def _refill_one(self, reservation: Reservation) -> bool:
+        """Open one connection for a slot of `reservation`. On failure, release all of it
+        (the back-off decides when to try again) and return False."""
         state = self._state
         try:
             slot = self._open_slot()
         except BaseException as error:
             error.__traceback__ = None  # nobody raises it again: keep no frames alive
-            self._record(state.connect_failed, error, NOW, reserved)
+            self._record(state.connect_failed, error, NOW, reservation)
             if not isinstance(error, Exception):
                 raise
             logger.warning("pool %r: could not open a connection: %s", self.name, error)
             return False
-        if not self._record(state.connected_idle, slot, NOW):
+        if not self._record(state.connected_idle, slot, NOW, reservation):
             conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
             return False
         return True
@@ -578,8 +586,7 @@ class AbstractConnectionPool:
             watchdog.cut(slot.conn)
             conn_ops.close_quietly(slot.conn)
         finally:
-            with self._lock:
-                self._state.end_return(slot, self._clock(), keep=False)
+            self._record(self._state.end_reclaim, slot, NOW)
 
     def _log_reclaim(self, slot: Slot, now: float) -> None:
         stack = "".join(slot.lease_stack.format()) if slot.lease_stack else "(not recorded)\n"
@@ -602,7 +609,7 @@ class AbstractConnectionPool:
         if not suspects:
             return
         with self._lock:
-            suspects = self._state.park_idle(suspects)
+            suspects = self._state.park_idle(suspects, self._clock())
         for slot in suspects:
             alive = False
             try:

@@ -18,6 +18,7 @@ session defaults to restore on return.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Hashable
@@ -35,6 +36,9 @@ from .stats import COUNTERS, PoolStats
 BACKOFF_BASE = 0.01
 BACKOFF_CAP = 2.0
 BACKOFF_MAX_DOUBLINGS = 16  # BACKOFF_BASE * 2 ** 16 is far past the cap already
+# A waiter past its deadline wakes and leaves the queue within milliseconds; one still
+# queued this long after it is an orphan (an exception hit its thread) and is dropped.
+ORPHAN_GRACE = 5.0
 # A connection lives max_lifetime * uniform(LIFETIME_JITTER, 1): connections opened together
 # (at start, or after a restart) then expire spread out instead of all at once.
 LIFETIME_JITTER = 0.95
@@ -62,6 +66,9 @@ class Slot:
     leased_at: float = 0.0
     key: Hashable | None = None  # the psycopg2-style key it was checked out with, if any
     lease_stack: StackSummary | None = None  # where getconn was called, when max_lease is on
+    # While in `returning`: since when, and whether the pool itself is closing it (reclaim).
+    returning_since: float = 0.0
+    reclaiming: bool = False
 
 
 class Waiter(Bell):
@@ -73,12 +80,15 @@ class Waiter(Bell):
     connection is not slowed by the waiter queueing up for the pool's lock behind it.
     """
 
-    __slots__ = ("connect", "enqueued_at", "error", "key", "slot")
+    __slots__ = ("connect", "deadline", "enqueued_at", "error", "key", "slot")
 
-    def __init__(self, key: Hashable | None, enqueued_at: float) -> None:
+    def __init__(
+        self, key: Hashable | None, enqueued_at: float, deadline: float = math.inf
+    ) -> None:
         super().__init__()
         self.key = key
         self.enqueued_at = enqueued_at
+        self.deadline = deadline  # a waiter still queued long after it is an orphan
         self.slot: Slot | None = None  # served: this connection is now leased to the waiter
         # served: a slot was reserved, the waiter opens a connection itself (pools without
         # a background connector only: with one, the connector opens it)
@@ -95,13 +105,24 @@ Discard = Literal["expired", "broken", "failed check"] | None
 
 
 @dataclass(eq=False, slots=True)
+class Reservation:
+    """Slots reserved for connects (counted in `connecting`) and not used yet.
+
+    Whoever reserves holds one of these from *before* the reservation is made, and releases
+    what is left in a ``finally``: each connect's outcome uses up one under the same lock as
+    it is recorded, so an exception anywhere in between frees exactly what was not used.
+    """
+
+    left: int = 0
+
+
+@dataclass(eq=False, slots=True)
 class MaintenancePlan:
     """What one maintenance pass decided; the pool carries it out after releasing the lock."""
 
     close: list[Slot] = field(default_factory=list)  # reaped or expired idle connections
     # Leases taken back after max_lease, parked in `returning` until the pool has closed them.
     reclaimed: list[Slot] = field(default_factory=list)
-    to_open: int = 0  # slots reserved (already counted in `connecting`) to refill minconn
 
 
 class PoolState:
@@ -262,9 +283,10 @@ class PoolState:
         self.dispatch(now)  # the connect budget has room again: the next waiter may connect
         return True
 
-    def connected_idle(self, slot: Slot, now: float) -> bool:
+    def connected_idle(self, slot: Slot, now: float, reservation: Reservation) -> bool:
         """A connect by the connector or a refill succeeded: the connection goes to the
         oldest waiter, or onto the idle stack. False if the pool was closed meanwhile."""
+        reservation.left -= 1
         if not self._connect_succeeded():
             return False
         self.idle.append(slot)
@@ -281,13 +303,19 @@ class PoolState:
         self.next_connect_at = 0.0
         return True
 
-    def connect_failed(self, error: BaseException, now: float, reserved: int = 1) -> None:
+    def connect_failed(
+        self, error: BaseException, now: float, reservation: Reservation | None = None
+    ) -> None:
         """A reserved connect failed: free its slot and back off before the next attempt.
 
-        A refill reserves several slots and stops at the first failure: it frees all its
-        `reserved` slots at once.
+        A refill reserves several slots and stops at the first failure: it frees every slot
+        left in its `reservation` at once.
         """
-        self.connecting -= reserved
+        if reservation is None:
+            self.connecting -= 1
+        else:
+            self.connecting -= reservation.left
+            reservation.left = 0
         self.connect_errors += 1
         self.connect_failures += 1
         self.last_connect_error = error
@@ -321,8 +349,10 @@ class PoolState:
         self.timeouts += 1
 
     def give_up(self, waiter: Waiter, now: float) -> None:
-        """A waiter timed out unserved: take it out of the queue."""
-        self.waiters.remove(waiter)
+        """A waiter timed out unserved: take it out of the queue (if maintenance has not
+        already taken it for an orphan)."""
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
         self.timeouts += 1
         self.wait_time += now - waiter.enqueued_at
         # Its leaving may let the next waiter open a connection.
@@ -335,7 +365,7 @@ class PoolState:
         elif waiter.connect:
             self.connecting -= 1
             self.dispatch(now)
-        elif waiter.error is None:
+        elif waiter.error is None and waiter in self.waiters:  # not if it gave up already
             self.waiters.remove(waiter)
             self.wait_time += now - waiter.enqueued_at
             self.dispatch(now)
@@ -378,13 +408,20 @@ class PoolState:
         """
         return len(self.waiters) > self.connecting and self.size < self.options.maxconn
 
-    def start_connect(self, now: float) -> bool:
+    def start_connect(self, now: float, reservation: Reservation) -> bool:
         """The connector's non-blocking core: reserve a slot for a connect if one is wanted
         and allowed now. The connection it opens goes to `connected_idle`."""
         if self.closed or not self.connect_wanted() or not self.can_connect(now):
             return False
         self.connecting += 1
+        reservation.left += 1
         return True
+
+    def release(self, reservation: Reservation, now: float) -> None:
+        """Free the slots of `reservation` that no connect used (an exception cut it short)."""
+        self.connecting -= reservation.left
+        reservation.left = 0
+        self.dispatch(now)
 
     # -- return ---------------------------------------------------------------------------
 
@@ -426,17 +463,19 @@ class PoolState:
         if self.waiters:
             self.dispatch(now)
 
-    def begin_return(self, slot: Slot) -> None:
+    def begin_return(self, slot: Slot, now: float) -> None:
         """A connection that needs cleaning comes back: park it while the pool cleans it."""
         self.unlease(slot)
+        slot.returning_since = now
         self.returning[id(slot.conn)] = slot
 
-    def park_idle(self, slots: list[Slot]) -> list[Slot]:
+    def park_idle(self, slots: list[Slot], now: float) -> list[Slot]:
         """Take the given idle connections aside (into `returning`) to be checked outside
         the lock; `end_return` puts each back or drops it. Returns those still idle."""
         parked = [slot for slot in slots if slot in self.idle]
         for slot in parked:
             self.idle.remove(slot)
+            slot.returning_since = now
             self.returning[id(slot.conn)] = slot
         return parked
 
@@ -445,8 +484,11 @@ class PoolState:
         slot is freed), counting `why` it was dropped.
 
         Returns whether it was kept: never when the pool was closed meanwhile, in which
-        case the caller, who holds the connection, closes it.
+        case the caller, who holds the connection, closes it. Never either when maintenance
+        took the slot back (it stayed in `returning` past max_lease) and closes it itself.
         """
+        if slot.reclaiming or self.returning.get(id(slot.conn)) is not slot:
+            return False  # reclaimed: the reclaim frees the slot once it has closed it
         del self.returning[id(slot.conn)]
         if not keep:
             self._count_discard(why)
@@ -472,6 +514,13 @@ class PoolState:
         self.checkouts -= 1
         self.connections_closed += 1
         self.dispatch(now)
+
+    def end_reclaim(self, slot: Slot, now: float) -> None:
+        """The pool has closed a connection it took back (`plan_maintenance`): free its slot."""
+        if self.returning.get(id(slot.conn)) is slot:
+            del self.returning[id(slot.conn)]
+            self.connections_closed += 1
+            self.dispatch(now)
 
     def _count_discard(self, why: Discard) -> None:
         if why == "expired":
@@ -512,20 +561,33 @@ class PoolState:
                     # Into `returning`, not freed: the connection is still open (maybe running
                     # its borrower's query) and keeps its slot, so no replacement can push the
                     # server past maxconn, until the pool has closed it (`end_return`).
-                    self.begin_return(slot)
+                    self.begin_return(slot, now)
+                    slot.reclaiming = True
                     plan.reclaimed.append(slot)
             self.leases_reclaimed += len(plan.reclaimed)
-        plan.to_open = self.reserve_refills(now)
+            # A return (or idle probe) that has not finished after max_lease lost its way: an
+            # exception reached the thread doing it between its I/O and its bookkeeping. The
+            # slot is taken back the same way, so no slot is lost for good.
+            # The same goes for a reclaim that an exception cut short: it is tried again.
+            for slot in list(self.returning.values()):
+                if slot not in plan.reclaimed and now - slot.returning_since >= options.max_lease:
+                    self.leases_reclaimed += not slot.reclaiming
+                    slot.reclaiming = True
+                    slot.returning_since = now
+                    plan.reclaimed.append(slot)
+        # A caller whose wait an exception ended before it could leave the queue would stay
+        # first in line for ever, and every connection would be handed to nobody.
+        orphans = [w for w in self.waiters if now > w.deadline + ORPHAN_GRACE]
+        for waiter in orphans:
+            self.waiters.remove(waiter)
         self.dispatch(now)
         return plan
 
-    def reserve_refills(self, now: float) -> int:
+    def reserve_refills(self, now: float, reservation: Reservation) -> None:
         """Reserve slots to refill to minconn, within the connect budget and the back-off."""
-        reserved = 0
         while self.size < self.options.minconn and self.can_connect(now):
             self.connecting += 1
-            reserved += 1
-        return reserved
+            reservation.left += 1
 
     # -- closing --------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from psycopg2.extensions import connection as Connection
 
 from .bell import Bell
 from .connector import Connector
-from .pool import AbstractConnectionPool
+from .pool import NOW, AbstractConnectionPool
+from .state import Reservation
 
 logger = logging.getLogger("pgpool")
 
@@ -53,21 +54,25 @@ class ThreadedConnectionPool(AbstractConnectionPool):
         state = self._state
         bell = state.connector
         assert bell is not None
+        reservation = Reservation()  # before reserving: see Reservation
         with self._lock:
             bell.rearm()  # a ring from now on cuts the coming sleep short: none is lost
             if state.closed:
                 return None
             now = self._clock()
-            connect = state.start_connect(now)
+            connect = state.start_connect(now, reservation)
             # Waiters that need a connect the back-off holds back: try again when it ends.
             retry = state.next_connect_at
             if connect or not state.connect_wanted() or retry <= now:
                 retry = math.inf
         if connect:
             try:
-                self._refill_one(1)  # to the oldest waiter, or idle; failure: back-off
+                self._refill_one(reservation)  # to the oldest waiter, or idle; or back-off
             except BaseException:  # from a callback (configure): no interrupt reaches here
                 logger.exception("pool %r: a connect failed", self.name)
+            finally:
+                if reservation.left:
+                    self._record(state.release, reservation, NOW)
             return 0.0
         if now >= self._next_maintenance:
             interval = self._options.maintenance_interval or math.inf
