@@ -62,10 +62,12 @@ def backend_pid(conn: Any) -> int:
     return pid
 
 
-def count_backends(admin_dsn: str, app: str) -> int:
+def count_backends(admin_dsn: str, app: str, like: bool = False) -> int:
+    """Server sessions whose application_name is `app` (a LIKE pattern if `like`)."""
+    match = "LIKE" if like else "="
     rows = run_sql(
         admin_dsn,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+        f"SELECT count(*) FROM pg_stat_activity WHERE application_name {match} %s",
         (app,),
     )
     assert rows is not None

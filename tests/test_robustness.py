@@ -270,7 +270,9 @@ def test_a_configure_left_in_error_is_an_error_not_a_silent_rollback(dsn: str) -
             with pytest.raises(psycopg2.errors.UndefinedTable):
                 cur.execute("SELECT * FROM no_such_table_here")
 
-    pool = pgpool.ThreadedConnectionPool(0, 1, dsn, configure=configure, timeout=1)
+    # A Simple pool connects inline: the error reaches the caller as it is (a Threaded
+    # pool's connector would report it in a PoolTimeout, after the caller's timeout).
+    pool = pgpool.SimpleConnectionPool(0, 1, dsn, configure=configure)
     with pytest.raises(pgpool.PoolError, match="configure callback left the connection"):
         pool.getconn()
     stats = pool.stats()
