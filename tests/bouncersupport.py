@@ -82,6 +82,12 @@ def server_connections(admin_dsn: str) -> int:
     return count
 
 
+def bouncer_servers(bouncer: Any) -> int:
+    """Server connections of this PgBouncer alone (its ``SHOW SERVERS``). Counting backends
+    in pg_stat_activity would also count those of an earlier test's PgBouncer still closing."""
+    return len(bouncer.admin_dicts("SHOW SERVERS"))
+
+
 def kill_server_connections(admin_dsn: str) -> int:
     """pg_terminate_backend every server-side connection PgBouncer holds; how many died."""
     rows = run_sql(

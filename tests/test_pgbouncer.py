@@ -32,13 +32,13 @@ from bouncersupport import (
     BouncerFactory,
     Upstream,
     bouncer_factory,
+    bouncer_servers,
     kill_server_connections,
     make_pool,
     one,
     prepare_upstream,
     raw,
     requires_pgbouncer,
-    server_connections,
 )
 from conftest import PgServer
 from faultsupport import is_dirty, wait_for
@@ -100,9 +100,7 @@ def test_threads_share_the_pool(
         for thread in threads:
             thread.start()
         while any(t.is_alive() for t in threads):
-            most_server_connections = max(
-                most_server_connections, server_connections(bouncer_upstream[2])
-            )
+            most_server_connections = max(most_server_connections, bouncer_servers(bouncer))
             time.sleep(0.01)
         assert errors == []
         assert pool.stats().in_use == 0
@@ -302,7 +300,7 @@ def test_transaction_mode_multiplexes_many_clients_on_few_server_connections(
             thread.start()
         most = 0
         while any(t.is_alive() for t in threads):
-            most = max(most, server_connections(bouncer_upstream[2]))
+            most = max(most, bouncer_servers(bouncer))
             time.sleep(0.01)
         assert errors == []
         assert bouncer.pool_row()["cl_active"] == 9
