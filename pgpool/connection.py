@@ -9,6 +9,8 @@ exception; nothing here is retried (the pool decides that).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import re
@@ -150,20 +152,52 @@ def cancel_quietly(conn: Any, timeout: float) -> bool:
     Cutting a connection's socket ends the client's wait, not the server's work: a backend
     busy in a long query notices only when the query ends, and until then it still counts
     against `max_connections` (and against the pool's maxconn, as the server sees it).
-    psycopg2's cancel() sends a cancel request on a separate, short connection, without the
-    connection's own lock, so it works while another thread waits in a query. It has no
-    time limit of its own (a black-holed network holds it for minutes), hence the helper
-    thread. Returns whether the request was delivered in time. Harmless on an idle backend.
+
+    A cancel request travels on a short connection of its own, so it works while another
+    thread waits in a query. psycopg2's `cancel()` would do, but it keeps the GIL while libpq
+    waits on the network: against a black-holed server it froze the whole process. So libpq's
+    PQcancel is called through ctypes, which releases the GIL, on a helper thread waited on
+    for at most `timeout` (libpq's cancel has no time limit of its own). Returns whether the
+    request was delivered in time. Harmless on an idle backend.
     """
     done = threading.Event()
 
     def cancel() -> None:
         with contextlib.suppress(Exception):
-            conn.cancel()
-            done.set()
+            if _pq_cancel(conn.pgconn_ptr):
+                done.set()
 
     threading.Thread(target=cancel, name="pgpool-cancel", daemon=True).start()
     return done.wait(timeout)
+
+
+def _pq_cancel(pgconn: int | None) -> bool:
+    """libpq's PQcancel on the PGconn at address `pgconn`; ctypes releases the GIL meanwhile."""
+    if not pgconn:
+        return False  # closed
+    libpq = _libpq()
+    cancel = libpq.PQgetCancel(ctypes.c_void_p(pgconn))
+    if not cancel:
+        return False
+    try:
+        errbuf = ctypes.create_string_buffer(256)
+        return bool(libpq.PQcancel(cancel, errbuf, len(errbuf)))
+    finally:
+        libpq.PQfreeCancel(cancel)
+
+
+@functools.cache
+def _libpq() -> ctypes.CDLL:
+    # The libpq psycopg2 itself is linked against (psycopg2-binary bundles its own): symbols
+    # looked up through the extension module's handle resolve in its dependencies.
+    libpq = ctypes.CDLL(psycopg2._psycopg.__file__)
+    libpq.PQgetCancel.restype = ctypes.c_void_p
+    libpq.PQgetCancel.argtypes = [ctypes.c_void_p]
+    libpq.PQcancel.restype = ctypes.c_int
+    libpq.PQcancel.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    libpq.PQfreeCancel.restype = None
+    libpq.PQfreeCancel.argtypes = [ctypes.c_void_p]
+    return libpq
 
 
 def close_quietly(conn: Any) -> None:

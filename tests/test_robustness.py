@@ -11,8 +11,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -278,3 +282,36 @@ def test_a_configure_left_in_error_is_an_error_not_a_silent_rollback(dsn: str) -
     stats = pool.stats()
     assert (stats.connecting, stats.in_use, stats.idle) == (0, 0, 0)  # nothing lost
     pool.closeall()
+
+
+CANCEL_IN_A_BLACK_HOLE = """
+import sys, time
+import psycopg2
+from psycopg2.extensions import parse_dsn
+from pgpool.connection import cancel_quietly
+from testbed.proxy import TcpProxy
+
+dsn = sys.argv[1]
+params = parse_dsn(dsn)
+with TcpProxy(params["host"], int(params["port"])) as proxy:
+    conn = psycopg2.connect(proxy.dsn_for(dsn))
+    proxy.blackhole()
+    delivered = cancel_quietly(conn, 0.5)
+    print("delivered" if delivered else "gave up", flush=True)
+    proxy.restore()
+"""
+
+
+def test_a_cancel_into_a_black_hole_freezes_nothing(dsn: str) -> None:
+    """psycopg2's conn.cancel() keeps the GIL while libpq waits on the network: against a
+    black-holed server the whole process froze (no thread ran, no timeout fired). The
+    reclaim's cancel must give up after its time and leave the process running. Run in a
+    child process, so that a freeze fails this test instead of hanging the suite."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", CANCEL_IN_A_BLACK_HOLE, dsn],
+        capture_output=True, text=True, timeout=60, cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "gave up"
