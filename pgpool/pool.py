@@ -16,6 +16,7 @@ closed. Decisions live in `state.py`; this module does locking and I/O, in that 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -49,6 +50,9 @@ NOW = object()  # see _record
 # A health-check ping gets what the caller has left of its deadline, within these bounds:
 # a caller with timeout=0 still gets its connection checked, and one with a 30 s deadline
 # does not spend it all on a server that has gone silent.
+# How often closeall(timeout=...) and wait() look again (a startup or shutdown path, not
+# the checkout's: a poll keeps it simple).
+DRAIN_POLL = 0.01
 PING_TIMEOUT = 5.0
 PING_TIMEOUT_MIN = 1.0
 
@@ -90,6 +94,7 @@ class AbstractConnectionPool:
         name: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         connector: Callable[..., Any] = psycopg2.connect,
+        open: bool = True,
         **kwargs: Any,
     ) -> None:
         self._options = PoolOptions(
@@ -115,7 +120,10 @@ class AbstractConnectionPool:
         self._clock = clock
         # The one lock. It guards self._state and nothing else; it is never held during I/O.
         self._lock = threading.Lock()
-        self._state = PoolState(self._options)
+        # open=False: created, not opened (no connection, no thread) until open() is called.
+        # Until then the pool is closed to callers, with an error that says to open it.
+        self._opened = open
+        self._state = PoolState(self._options, closed=not open)
         # Connections taken back after max_lease: returning one later is harmless, not misuse.
         self._reclaimed: weakref.WeakSet[Any] = weakref.WeakSet()
         # When a Simple pool next runs maintenance from its own calls (never, without interval).
@@ -125,7 +133,8 @@ class AbstractConnectionPool:
         self._check_after = self._options.health_check_after
         self._track_leases = self._options.max_lease is not None
         self._reset = self._options.reset
-        self._open_initial()
+        if open:
+            self._open_initial()
         _live_pools.add(self)
 
     # -- the psycopg2.pool API ------------------------------------------------------------
@@ -270,21 +279,133 @@ class AbstractConnectionPool:
         state.find_leased(conn, key)  # raises PoolError saying what is wrong
         raise AssertionError("find_leased raises for a connection not leased")  # pragma: no cover
 
-    def closeall(self, *, in_use: bool = True) -> None:
+    def closeall(self, *, in_use: bool = True, timeout: float | None = None) -> None:
         """Close every connection, idle and checked out (as psycopg2.pool does), and wake
         every waiter with PoolClosed. Calling it twice raises PoolClosed.
 
-        With `in_use=False`, checked-out connections are left to their borrowers and closed
-        when returned. Use it at interpreter exit: psycopg2's close() waits for a query
-        running on the connection, so closing one in use can keep a process from exiting.
+        With `timeout` (seconds), drain first: hand out nothing more, close idle connections,
+        let borrowers return theirs (each is closed as it comes back) for up to `timeout`
+        seconds, then close the ones still out. With `in_use=False`, checked-out connections
+        are left to their borrowers and closed when returned. Use it at interpreter exit:
+        psycopg2's close() waits for a query running on the connection, so closing one in
+        use can keep a process from exiting.
         """
+        draining = timeout is not None
+        if draining:
+            deadline = self._clock() + check_timeout(timeout)
         with self._lock:
             if self._state.closed:
                 raise self._closed_error()
-            slots = self._state.close(PoolClosed(f"pool {self.name!r} was closed"), in_use)
+            error = PoolClosed(f"pool {self.name!r} was closed")
+            slots = self._state.close(error, in_use and not draining)
         for slot in slots:
             conn_ops.close_quietly(slot.conn)
-        logger.debug("pool %r closed %d connections", self.name, len(slots))
+        if draining:
+            while self._clock() < deadline and self.stats().in_use:
+                time.sleep(DRAIN_POLL)  # returns close their connections as they come back
+            if in_use:
+                with self._lock:
+                    slots = self._state.close_leased()
+                for slot in slots:
+                    conn_ops.close_quietly(slot.conn)
+        logger.debug("pool %r closed", self.name)
+
+    # -- lifecycle: open later, wait, check, resize ----------------------------------------
+
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Open a pool created with ``open=False`` (in a pre-fork master, an app factory).
+
+        A ThreadedConnectionPool starts its connector, which opens `minconn` connections in
+        the background, retrying with its back-off while the server is down; with `wait`,
+        this call then blocks until they are ready (see `wait`). A SimpleConnectionPool, with
+        no thread, opens them here and raises the driver's error if it cannot. Opening an
+        open pool does nothing; a pool closed by closeall() cannot be opened again.
+        """
+        check_timeout(timeout)
+        with self._lock:
+            if self._opened:
+                if self._state.closed:
+                    raise self._closed_error()
+                return
+            self._opened = True
+            self._state.reopen()
+        logger.debug("pool %r opened", self.name)
+        self._start()
+        if wait:
+            self.wait(timeout)
+
+    def _start(self) -> None:
+        """Begin work after open(): a pool without a background thread connects here."""
+        self._refill(fail=True)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until `minconn` connections are open, or raise PoolTimeout after `timeout`
+        seconds, naming the last connect error if connects are failing."""
+        deadline = self._clock() + check_timeout(timeout)
+        while True:
+            with self._lock:
+                state = self._state
+                if state.closed:
+                    raise self._closed_error()
+                ready = state.size - state.connecting
+                if ready >= self.minconn:
+                    return
+                now = self._clock()
+                if now >= deadline:
+                    error = self._timeout_error(timeout, timeout)
+                    message = (
+                        f"pool {self.name!r}: {ready} of minconn {self.minconn} ready; {error}"
+                    )
+                    raise PoolTimeout(message) from error.__cause__
+            time.sleep(min(DRAIN_POLL, max(deadline - now, 0.0)))
+
+    def check(self) -> int:
+        """Ping every idle connection now, one at a time, outside the lock (each is taken
+        aside meanwhile, so nobody checks it out), close the dead ones and open replacements
+        up to `minconn`. Returns how many were dropped."""
+        state = self._state
+        dropped = 0
+        with self._lock:
+            candidates = list(state.idle)
+        for candidate in candidates:
+            with self._lock:
+                parked = state.park_idle([candidate], self._clock())
+            for slot in parked:  # [] when it was checked out or reaped meanwhile
+                alive = False
+                try:
+                    alive = conn_ops.ping(slot.conn, PING_TIMEOUT)
+                finally:
+                    why = None if alive else "failed check"
+                    kept = self._record(state.end_return, slot, NOW, alive, why)
+                    if not kept:
+                        conn_ops.close_quietly(slot.conn)
+                dropped += not alive
+        if dropped:
+            logger.debug("pool %r: check dropped %d dead connection(s)", self.name, dropped)
+        self._refill()
+        return dropped
+
+    def resize(self, minconn: int, maxconn: int) -> None:
+        """Change `minconn` and `maxconn` while the pool runs.
+
+        Shrinking closes idle connections above the new `maxconn` at once, and closes
+        checked-out ones as they come back, until the pool fits; it never opens more than the
+        new `maxconn` afterwards. Growing serves waiters at once and opens connections up to
+        the new `minconn`. Bad sizes raise the same errors as the constructor and change
+        nothing.
+        """
+        options = dataclasses.replace(self._options, minconn=minconn, maxconn=maxconn)
+        with self._lock:
+            if self._state.closed:
+                raise self._closed_error()
+            self._options = options
+            slots = self._state.resize(options, self._clock())
+        for slot in slots:
+            conn_ops.close_quietly(slot.conn)
+        logger.debug(
+            "pool %r resized to (%d, %d), closing %d idle", self.name, minconn, maxconn, len(slots)
+        )
+        self._refill()
 
     # -- pgpool additions -----------------------------------------------------------------
 
@@ -335,19 +456,24 @@ class AbstractConnectionPool:
             self._reclaim(slot, now)
         self._refill()  # after the reclaims: their slots are free only once they are closed
 
-    def _refill(self) -> None:
-        """Open connections up to minconn, one at a time, within the connect budget."""
+    def _refill(self, fail: bool = False) -> None:
+        """Open connections up to minconn, one at a time, within the connect budget. With
+        `fail`, the first connect error is raised (after the back-off has recorded it)."""
         state = self._state
-        reservation = Reservation()  # before reserving: see Reservation
-        try:
-            with self._lock:
-                if not state.closed:
-                    state.reserve_refills(self._clock(), reservation)
-            while reservation.left and self._refill_one(reservation):
-                pass
-        finally:
-            if reservation.left:
-                self._record(state.release, reservation, NOW)
+        while True:  # in rounds of at most max_connecting connects
+            reservation = Reservation()  # before reserving: see Reservation
+            try:
+                with self._lock:
+                    if not state.closed:
+                        state.reserve_refills(self._clock(), reservation)
+                if not reservation.left:
+                    return
+                while reservation.left:
+                    if not self._refill_one(reservation, fail):
+                        return  # failed: the back-off decides when to try again
+            finally:
+                if reservation.left:
+                    self._record(state.release, reservation, NOW)
 
     def __enter__(self) -> AbstractConnectionPool:
         return self
@@ -554,13 +680,16 @@ class AbstractConnectionPool:
             raise
         self._state.opened_initial(slots)
 
-    def _refill_one(self, reservation: Reservation) -> bool:
+    def _refill_one(self, reservation: Reservation, fail: bool = False) -> bool:
         """Open one connection for a slot of `reservation`. On failure, release all of it
         (the back-off decides when to try again) and return False."""
         state = self._state
         try:
             slot = self._open_slot()
         except BaseException as error:
+            if fail:  # open() of a Simple pool: the caller gets the driver's error
+                self._record(state.connect_failed, error, NOW, reservation)
+                raise
             error.__traceback__ = None  # nobody raises it again: keep no frames alive
             self._record(state.connect_failed, error, NOW, reservation)
             if not isinstance(error, Exception):
@@ -657,6 +786,8 @@ class AbstractConnectionPool:
     # -- errors ---------------------------------------------------------------------------
 
     def _closed_error(self) -> PoolClosed:
+        if not self._opened:
+            return PoolClosed(f"pool {self.name!r} is not open yet: call pool.open() first")
         return PoolClosed(f"connection pool is closed ({self.name!r})")
 
     def _timeout_error(self, waited: float, timeout: float) -> PoolTimeout:

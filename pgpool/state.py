@@ -44,6 +44,10 @@ ORPHAN_GRACE = 5.0
 LIFETIME_JITTER = 0.95
 
 
+def _leased_at(slot: Slot) -> float:
+    return slot.leased_at
+
+
 def same_key(a: Hashable | None, b: Hashable | None) -> bool:
     """Keys match as dict lookups match them: by identity first, then by equality.
 
@@ -69,6 +73,7 @@ class Slot:
     # While in `returning`: since when, and whether the pool itself is closing it (reclaim).
     returning_since: float = 0.0
     reclaiming: bool = False
+    retiring: bool = False  # over a maxconn that resize() lowered: closed when it comes back
 
 
 class Waiter(Bell):
@@ -615,6 +620,40 @@ class PoolState:
         # the pool closed; they stay counted until then.
         return slots
 
+    def close_leased(self) -> list[Slot]:
+        """A drain ran out of time: take every connection still checked out, to close."""
+        slots = list(self.leased.values())
+        self.leased.clear()
+        self.keys.clear()
+        self.connections_closed += len(slots)
+        return slots
+
+    def reopen(self) -> None:
+        """open() of a pool created with open=False: callers are served from now on."""
+        self.closed = False
+
+    def resize(self, options: PoolOptions, now: float) -> list[Slot]:
+        """New sizes: return the idle connections to close now (the coldest first) so that
+        the pool fits the new maxconn; checked-out ones still over it are marked to retire,
+        closed as they come back. Waiters are served if the pool grew."""
+        self.options = options
+        excess = self.size - options.maxconn
+        close = self.idle[: max(excess, 0)]  # the bottom of the stack is the coldest
+        del self.idle[: len(close)]
+        self.connections_closed += len(close)
+        excess -= len(close)
+        # The connections checked out longest retire first: likelier to come back soon.
+        out = sorted([*self.leased.values(), *self.returning.values()], key=_leased_at)
+        for slot in out:
+            if excess <= 0:
+                break
+            if not slot.retiring:
+                slot.retiring = True
+                slot.expires_at = -math.inf  # a return discards an expired connection
+                excess -= 1
+        self.dispatch(now)
+        return close
+
     # -- observing ------------------------------------------------------------------------
 
     def snapshot(self, reset: bool = False) -> PoolStats:
@@ -638,7 +677,9 @@ class PoolState:
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the bookkeeping is inconsistent (used by tests)."""
-        assert self.size <= self.options.maxconn, "more connections than maxconn"
+        # Over maxconn only by connections a resize() marked to retire, until they return.
+        retiring = sum(s.retiring for s in [*self.leased.values(), *self.returning.values()])
+        assert self.size - retiring <= self.options.maxconn, "more connections than maxconn"
         assert self.connecting >= 0
         assert not (self.waiters and self.idle), "a waiter starves next to an idle connection"
         conns = [id(s.conn) for s in self.idle] + list(self.leased) + list(self.returning)

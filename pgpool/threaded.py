@@ -34,13 +34,19 @@ class ThreadedConnectionPool(AbstractConnectionPool):
     def __init__(self, minconn: int, maxconn: int, *args: Any, **kwargs: Any) -> None:
         super().__init__(minconn, maxconn, *args, **kwargs)
         self._connector: Connector | None = None
-        self._start_connector()
+        self._start_connector()  # not while open=False: open() starts it
 
-    def _start_connector(self) -> None:
+    def _start(self) -> None:
+        # After open(): the connector fills minconn in the background, with its back-off.
+        self._start_connector(refill_now=True)
+
+    def _start_connector(self, refill_now: bool = False) -> None:
         if self.closed:
             return
         interval = self._options.maintenance_interval
         self._next_maintenance = math.inf if interval is None else self._clock() + interval
+        if refill_now:  # its first round runs maintenance, which refills to minconn
+            self._next_maintenance = self._clock()
         bell = Bell()
         self._state.connector = bell
         self._connector = Connector(self, bell)

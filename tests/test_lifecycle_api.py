@@ -1,0 +1,186 @@
+"""The lifecycle API psycopg_pool users expect (open later, wait, check, resize, drain), each
+against the real server, with the pool's gauges checked against the server's sessions."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg2
+import pytest
+from faultsupport import count_backends, in_thread, kill_backends, pool_dsn, unique_app, wait_for
+
+import pgpool
+from testbed.embedded import EmbeddedPostgres
+
+
+def _sessions_match(pool: pgpool.AbstractConnectionPool, dsn: str, app: str) -> None:
+    """The server sees exactly the connections the pool counts (once closes have landed)."""
+    wait_for(
+        lambda: count_backends(dsn, app) == pool.stats().size,
+        what=f"server sessions == pool size ({pool.stats()})",
+    )
+
+
+def _connector_threads(pool: pgpool.AbstractConnectionPool) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"pgpool-connector-{pool.name}"]
+
+
+def test_open_false_opens_nothing_until_open(dsn: str) -> None:
+    app = unique_app("open-later")
+    pool = pgpool.ThreadedConnectionPool(2, 4, pool_dsn(dsn, app), open=False)
+    try:
+        assert count_backends(dsn, app) == 0 and not _connector_threads(pool)
+        with pytest.raises(pgpool.PoolClosed, match="not open yet"):
+            pool.getconn()
+        pool.open(wait=True, timeout=10)
+        assert pool.stats().idle == 2 and len(_connector_threads(pool)) == 1
+        _sessions_match(pool, dsn, app)
+        pool.open()  # opening an open pool does nothing
+        with pool.connection() as conn:
+            assert conn.cursor() is not None
+    finally:
+        pool.closeall()
+    with pytest.raises(pgpool.PoolClosed, match="is closed"):
+        pool.open()  # closed for good
+
+
+def test_a_simple_pool_opens_inline_and_fails_fast(dsn: str) -> None:
+    pool = pgpool.SimpleConnectionPool(1, 2, dsn, open=False)
+    pool.open()
+    assert pool.stats().idle == 1
+    pool.closeall()
+    down = pgpool.SimpleConnectionPool(1, 2, "host=127.0.0.1 port=1 connect_timeout=2", open=False)
+    with pytest.raises(psycopg2.OperationalError):
+        down.open()
+    assert down.stats().connecting == 0  # the failed connect gave its slot back
+
+
+def test_open_while_the_server_is_down_connects_when_it_returns(
+    restartable_server: EmbeddedPostgres,
+) -> None:
+    server = restartable_server
+    app = unique_app("open-down")
+    dsn = pool_dsn(server.dsn, app, connect_timeout=2)
+    server.stop()
+    pool = pgpool.ThreadedConnectionPool(2, 3, dsn, open=False, maintenance_interval=0.1)
+    try:
+        pool.open(wait=False)  # returns at once; the connector keeps trying with back-off
+        with pytest.raises(pgpool.PoolTimeout, match=r"0 of minconn 2 ready.*connect failed"):
+            pool.wait(timeout=0.5)
+        server.start()
+        pool.wait(timeout=15)
+        assert pool.stats().idle == 2
+        _sessions_match(pool, server.dsn, app)
+    finally:
+        pool.closeall()
+
+
+def test_check_drops_dead_idle_connections_and_refills(dsn: str) -> None:
+    app = unique_app("check")
+    pool = pgpool.ThreadedConnectionPool(
+        3, 4, pool_dsn(dsn, app), maintenance_interval=None, health_check_after=60
+    )
+    try:
+        assert pool.check() == 0
+        assert kill_backends(dsn, app) == 3
+        assert pool.check() == 3  # found dead, closed, and replaced
+        stats = pool.stats()
+        assert (stats.idle, stats.failed_checks) == (3, 3)
+        _sessions_match(pool, dsn, app)
+        with pool.connection() as conn:  # the replacements work
+            assert conn.cursor() is not None
+    finally:
+        pool.closeall()
+
+
+def test_resize_shrinks_at_once_and_as_connections_come_back(dsn: str) -> None:
+    app = unique_app("resize")
+    pool = pgpool.ThreadedConnectionPool(1, 5, pool_dsn(dsn, app), maintenance_interval=None)
+    try:
+        held = [pool.getconn() for _ in range(4)]
+        pool.putconn(held.pop())  # 3 checked out, 1 idle
+        pool.resize(1, 2)
+        stats = pool.stats()
+        assert (stats.minconn, stats.maxconn, stats.idle, stats.in_use) == (1, 2, 0, 3)
+        _sessions_match(pool, dsn, app)
+        pool.putconn(held.pop(0))  # the longest checked out retires: closed on return
+        assert pool.stats().size == 2
+        pool.putconn(held.pop(0))  # now it fits: kept
+        assert pool.stats().size == 2 and pool.stats().idle == 1
+        _sessions_match(pool, dsn, app)
+        pool.putconn(held.pop())
+        both = [pool.getconn(), pool.getconn()]
+        with pytest.raises(pgpool.PoolTimeout):
+            pool.getconn(timeout=0.2)  # never more than the new maxconn
+        assert pool.stats().size == 2
+        for conn in both:
+            pool.putconn(conn)
+        with pytest.raises(ValueError, match="minconn"):
+            pool.resize(3, 2)  # bad sizes change nothing
+        assert (pool.minconn, pool.maxconn) == (1, 2)
+    finally:
+        pool.closeall()
+
+
+def test_resize_grows_and_serves_waiters(dsn: str) -> None:
+    app = unique_app("grow")
+    pool = pgpool.ThreadedConnectionPool(0, 1, pool_dsn(dsn, app), maintenance_interval=None)
+    try:
+        first = pool.getconn()
+        _thread, waiting = in_thread(lambda: pool.getconn(timeout=15))
+        wait_for(lambda: pool.stats().waiting == 1, what="a waiter")
+        pool.resize(2, 3)
+        assert waiting.done.wait(15) and waiting.error is None
+        assert pool.stats().size >= 2 and pool.minconn == 2
+        pool.putconn(first)
+        pool.putconn(waiting.result)
+        _sessions_match(pool, dsn, app)
+    finally:
+        pool.closeall()
+
+
+def test_closeall_with_a_timeout_drains(dsn: str) -> None:
+    app = unique_app("drain")
+    pool = pgpool.ThreadedConnectionPool(1, 3, pool_dsn(dsn, app), timeout=10)
+    returned, forgotten = pool.getconn(), pool.getconn()
+    third = pool.getconn()
+    _waiter, waiting = in_thread(lambda: pool.getconn())
+    wait_for(lambda: pool.stats().waiting == 1, what="a waiter")
+
+    def give_back_soon() -> None:
+        time.sleep(0.2)
+        pool.putconn(returned)  # during the drain: closed as it comes back
+        pool.putconn(third)
+
+    giver = threading.Thread(target=give_back_soon)
+    giver.start()
+    started = time.monotonic()
+    pool.closeall(timeout=1.0)
+    giver.join()
+    assert waiting.done.wait(5) and isinstance(waiting.error, pgpool.PoolClosed)
+    assert time.monotonic() - started >= 0.2  # it waited for the borrower
+    assert returned.closed and forgotten.closed and third.closed
+    with pytest.raises(pgpool.PoolClosed):
+        pool.getconn()
+    wait_for(lambda: count_backends(dsn, app) == 0, what="no session after the drain")
+
+
+def test_health_check_after_zero_pings_every_checkout(dsn: str) -> None:
+    """The pre-ping SQLAlchemy users know as pool_pre_ping: a dead idle connection is never
+    handed out, however recently it was used."""
+    app = unique_app("preping")
+    pool = pgpool.ThreadedConnectionPool(
+        1, 1, pool_dsn(dsn, app), health_check_after=0, maintenance_interval=None
+    )
+    try:
+        conn = pool.getconn()
+        pool.putconn(conn)
+        kill_backends(dsn, app)
+        fresh = pool.getconn()  # pinged, found dead, replaced: no error reaches the caller
+        with fresh.cursor() as cur:
+            cur.execute("SELECT 1")
+        assert fresh is not conn and pool.stats().failed_checks == 1
+        pool.putconn(fresh)
+    finally:
+        pool.closeall()
