@@ -450,6 +450,12 @@ class AbstractConnectionPool:
             # reclaimed connection is harmless, whenever it comes.
             for slot in plan.reclaimed:
                 self._reclaimed.add(slot.conn)
+        if plan.close:
+            logger.debug(
+                "pool %r: closing %d idle connection(s), reaped or expired",
+                self.name,
+                len(plan.close),
+            )
         for slot in plan.close:
             conn_ops.close_quietly(slot.conn)
         for slot in plan.reclaimed:
@@ -603,7 +609,13 @@ class AbstractConnectionPool:
     def _open_slot(self) -> Slot:
         """Connect, run `configure`, and record the session defaults to restore on return."""
         options = self._options
+        started = time.perf_counter()
         conn = conn_ops.connect(options.connector, self._args, self._kwargs)
+        logger.debug(
+            "pool %r: opened a connection in %.1f ms",
+            self.name,
+            1e3 * (time.perf_counter() - started),
+        )
         try:
             if options.configure is not None:
                 options.configure(conn)
@@ -662,6 +674,8 @@ class AbstractConnectionPool:
             keep, interrupted = False, exc
         state = self._state
         why = None if close else "expired" if expired else "broken"
+        if why is not None and not keep:
+            logger.debug("pool %r: closing a returned connection: %s", self.name, why)
         keep = self._record(state.end_return, slot, NOW, keep, why)
         if not keep:
             conn_ops.close_quietly(conn)
@@ -695,7 +709,15 @@ class AbstractConnectionPool:
             if not isinstance(error, Exception):
                 raise
             logger.warning("pool %r: could not open a connection: %s", self.name, error)
+            logger.debug(
+                "pool %r: %d connect(s) failed in a row; backing off until t=%.3f",
+                self.name, state.connect_failures, state.next_connect_at,
+            )  # fmt: skip
             return False
+        if state.connect_failures:  # read without the lock: only for the log line
+            logger.debug(
+                "pool %r: connecting again after %d failure(s)", self.name, state.connect_failures
+            )
         if not self._record(state.connected_idle, slot, NOW, reservation):
             conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
             return False
@@ -791,6 +813,7 @@ class AbstractConnectionPool:
         return PoolClosed(f"connection pool is closed ({self.name!r})")
 
     def _timeout_error(self, waited: float, timeout: float) -> PoolTimeout:
+        logger.debug("pool %r: a caller timed out after %.3f s", self.name, waited)
         s = self._state
         what = "connection pool exhausted" if timeout <= 0 else "timed out waiting for a connection"
         message = (

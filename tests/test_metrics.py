@@ -3,6 +3,7 @@ scraped from a real registry."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -97,3 +98,42 @@ def test_collector_for_chosen_pools_only(dsn: str) -> None:
         registry.register(PoolCollector([chosen]))
         pools = {dict(labels).get("pool") for _, labels in _scrape(registry)}
         assert pools == {"metrics-chosen"}
+
+
+def test_lifecycle_events_are_logged_at_debug_and_the_fast_path_is_not(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pgpool")
+    secret = "n0t-in-any-log"
+    clock = [1000.0]
+    pool = pgpool.ThreadedConnectionPool(
+        0, 2, dsn, password=secret, timeout=0.05, max_idle=10, clock=lambda: clock[0],
+        maintenance_interval=None, open=False,
+    )  # fmt: skip
+    pool.open()
+    conns = [pool.getconn(), pool.getconn()]
+    for conn in conns:
+        pool.putconn(conn)
+    caplog.clear()
+    for _ in range(100):  # warm: the checkout's fast path logs nothing at all
+        pool.putconn(pool.getconn())
+    assert caplog.records == []
+    clock[0] += 20  # past max_idle: maintenance reaps both
+    pool.maintain()
+    pool.closeall()
+    text = caplog.text
+    assert "closing 2 idle connection(s)" in text and "closed" in text
+    everything = [r.getMessage() for r in caplog.records]
+    assert all(secret not in line for line in everything)
+
+
+def test_connects_and_timeouts_are_logged(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="pgpool")
+    with pgpool.ThreadedConnectionPool(0, 1, dsn, timeout=0.05) as pool:
+        conn = pool.getconn()
+        with pytest.raises(pgpool.PoolTimeout):
+            pool.getconn()
+        pool.putconn(conn)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("opened a connection in" in line for line in lines)
+    assert any("timed out after" in line for line in lines)
