@@ -96,13 +96,16 @@ class Tracer:
         raise Injected(f"injected at {Path(line[0]).name}:{line[1]}")
 
     def __enter__(self) -> Tracer:
+        # Put back whatever tracer ran before (coverage's, under the test command): leaving
+        # None would stop coverage recording for every test after this one.
+        self._previous = (sys.gettrace(), threading.gettrace())
         threading.settrace(self.global_trace)
         sys.settrace(self.global_trace)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        sys.settrace(None)
-        threading.settrace(None)  # type: ignore[arg-type]
+        sys.settrace(self._previous[0])
+        threading.settrace(self._previous[1])  # type: ignore[arg-type]
 
 
 class SkippingClock:
