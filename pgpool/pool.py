@@ -29,6 +29,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -63,6 +64,15 @@ _live_pools: weakref.WeakSet[AbstractConnectionPool] = weakref.WeakSet()
 def live_pools() -> list[AbstractConnectionPool]:
     """Every pool of this process that has not been garbage-collected (for metrics)."""
     return list(_live_pools)
+
+
+@dataclass(slots=True)
+class Checkout:
+    """What `_checkout` got for a getconn: a leased slot, and how much checking it needs."""
+
+    slot: Slot
+    deadline: float  # the getconn's deadline: a retry after a failed check keeps it
+    vetted: bool = False  # just opened, or a sticky key's repeat: no health check needed
 
 
 class AbstractConnectionPool:
@@ -129,8 +139,14 @@ class AbstractConnectionPool:
         # When a Simple pool next runs maintenance from its own calls (never, without interval).
         no_maintenance = self._options.maintenance_interval is None
         self._next_maintenance = math.inf if no_maintenance else 0.0
-        # Copies of options read on every checkout, to keep the fast path short.
+        # Copies of options read on every checkout, to keep the fast path short. A pool that
+        # tracks leases records where each one was taken: none skips _vet_or_retry then.
         self._check_after = self._options.health_check_after
+        if self._options.max_lease is not None:
+            self._check_after = -math.inf
+        # Whether getconn's fast path queues a caller that finds nothing idle: only with a
+        # background connector (set by ThreadedConnectionPool) and a pool timeout above 0.
+        self._queue_at_once = False
         self._track_leases = self._options.max_lease is not None
         self._reset = self._options.reset
         if open:
@@ -165,8 +181,10 @@ class AbstractConnectionPool:
         The connection returned is open, idle (no transaction) and has its session
         attributes as they were when it was opened.
         """
-        # Fast path, the common case under steady load: an idle connection, used moments ago.
-        # Everything else (keys, waiting, connecting, health checks) is in _getconn_slow.
+        # Fast path: no key, the pool's own timeout. One critical section either leases the
+        # hottest idle connection or, with none idle, queues the caller for the connector or
+        # a returned connection. Keys, explicit timeouts and connecting inline are in
+        # _getconn_slow.
         state = self._state
         if key is None and timeout is None:
             with self._lock:
@@ -174,51 +192,62 @@ class AbstractConnectionPool:
                 idle = state.idle
                 # Nobody may be queued ahead of us (FIFO). Once closed, idle is empty.
                 if idle and not state.waiters:
-                    # PoolState.take_idle(None, now), inlined: the pool's hottest lines.
+                    # PoolState.take_idle(None, now), inlined: the pool's hottest lines
+                    # (tests/test_fast_path.py checks that both do the same).
                     slot = idle.pop()
                     slot.leased_at = now
                     state.leased[id(slot.conn)] = slot
                     state.checkouts += 1
-                else:
+                    waiter = None
+                elif self._queue_at_once and not state.closed:
                     slot = None
-            if slot is not None:
-                if (
-                    now - slot.last_used <= self._check_after
-                    and now < slot.expires_at
-                    and not self._track_leases
-                ):
-                    conn: Connection = slot.conn
-                    return conn
-                return self._vet_or_retry(slot, now, None, self._options.timeout)
+                    waiter = Waiter(None, now, now + self._options.timeout)
+                    state.enqueue(waiter)  # may serve it at once, or raise TooManyWaiting
+                else:
+                    slot = waiter = None
+            if slot is None:
+                if waiter is None:
+                    return self._getconn_slow(None, None)
+                slot = self._await(waiter, now + self._options.timeout, now)
+                assert slot is not None  # with a connector, a waiter is never told to connect
+            # Used moments ago (idle from last_used until it was leased) and not expired:
+            # handed out without a health check. _vet_or_retry sees to the others.
+            leased_at = slot.leased_at
+            if leased_at - slot.last_used <= self._check_after and leased_at < slot.expires_at:
+                conn: Connection = slot.conn
+                return conn
+            return self._vet_or_retry(slot, None, now + self._options.timeout)
         return self._getconn_slow(key, timeout)
 
     def _getconn_slow(self, key: Hashable | None, timeout: float | None) -> Connection:
         wait = self._options.timeout if timeout is None else check_timeout(timeout)
-        slot, opened, now, deadline = self._checkout(key, wait, None)
-        if opened:
-            return self._handed_out(slot)
-        return self._vet_or_retry(slot, now, key, deadline - now)
+        checkout = self._checkout(key, wait, None)
+        if checkout.vetted:
+            return self._handed_out(checkout.slot)
+        return self._vet_or_retry(checkout.slot, key, checkout.deadline)
 
-    def _vet_or_retry(
-        self, slot: Slot, now: float, key: Hashable | None, remaining: float
-    ) -> Connection:
+    def _vet_or_retry(self, slot: Slot, key: Hashable | None, deadline: float) -> Connection:
         """Step 2, without the lock: a connection idle for a while may have died. Drop dead
         or expired ones and check out again, within the same deadline."""
-        deadline = now + remaining
-        while not self._still_good(slot, now, deadline):
-            if remaining > 0 and self._clock() >= deadline:  # the check used up the time
-                with self._lock:
-                    self._state.timed_out()
-                raise self._timeout_error(remaining, remaining)
-            slot, opened, now, deadline = self._checkout(key, 0.0, deadline)
-            if opened:
+        timeout = deadline - slot.leased_at
+        while not self._still_good(slot, deadline):
+            if timeout > 0 and self._clock() >= deadline:  # the check used up the time
+                self._record(self._state.timed_out)
+                raise self._timeout_error(timeout, timeout)
+            checkout = self._checkout(key, 0.0, deadline)
+            slot = checkout.slot
+            if checkout.vetted:
                 break
         return self._handed_out(slot)
 
     def _handed_out(self, slot: Slot) -> Connection:
         if self._track_leases:
-            # Where getconn was called: logged if this connection is never returned.
-            slot.lease_stack = traceback.extract_stack(sys._getframe(3))
+            # Where getconn was called, from the first frame outside pgpool: logged if this
+            # connection is never returned.
+            frame = sys._getframe(1)
+            while frame.f_back is not None and frame.f_globals["__name__"].startswith("pgpool"):
+                frame = frame.f_back
+            slot.lease_stack = traceback.extract_stack(frame)
         conn: Connection = slot.conn
         return conn
 
@@ -228,6 +257,7 @@ class AbstractConnectionPool:
         from this pool, twice, or with the wrong key raises PoolError and changes nothing.
         """
         state = self._state
+        served = None
         with self._lock:
             slot = state.leased.get(id(conn))
             if slot is None or slot.conn is not conn or state.closed:
@@ -239,7 +269,7 @@ class AbstractConnectionPool:
                 state.find_leased(conn, key)  # raises PoolError naming both keys
             # Fast path: reading these attributes costs no round trip. A connection that is
             # open, outside any transaction, with its session attributes untouched and no
-            # reset callback to run, goes straight back onto the idle stack.
+            # reset callback to run, goes straight back, without cleaning.
             elif (
                 not close
                 and not conn.closed
@@ -249,16 +279,24 @@ class AbstractConnectionPool:
                 and self._reset is None
             ):
                 now = self._clock()
-                if now < slot.expires_at and slot.key is None and not state.waiters:
-                    # PoolState.give_back(slot, now), inlined for the common case.
-                    del state.leased[id(conn)]
-                    slot.last_used = now
-                    state.idle.append(slot)
-                    return None
                 if now < slot.expires_at:
-                    state.give_back(slot, now)
-                    return None
-            state.begin_return(slot, self._clock())
+                    if slot.key is None and not state.waiters:
+                        # PoolState.give_back(slot, now), inlined for the common case
+                        # (tests/test_fast_path.py checks that both do the same).
+                        del state.leased[id(conn)]
+                        slot.last_used = now
+                        state.idle.append(slot)
+                        return None
+                    served = state.give_back(slot, now)
+                    if served is None:
+                        return None  # a sticky key's connection, back on the idle stack
+            if served is None:
+                state.begin_return(
+                    slot, self._clock()
+                )  # to be cleaned, or closed, outside the lock
+        if served is not None:
+            served.ring()  # after releasing the lock: see PoolState._hand_over
+            return None
         self._finish_return(slot, close)
         return None
 
@@ -509,10 +547,9 @@ class AbstractConnectionPool:
 
     # -- step 1: under the lock -----------------------------------------------------------
 
-    def _checkout(
-        self, key: Hashable | None, wait: float, deadline: float | None
-    ) -> tuple[Slot, bool, float, float]:
-        """Lease an idle connection, or open one, or wait. Returns (slot, opened, now, deadline)."""
+    def _checkout(self, key: Hashable | None, wait: float, deadline: float | None) -> Checkout:
+        """Lease an idle connection, or open one, or wait (`wait` seconds, or until the
+        `deadline` of a getconn that is trying again)."""
         state = self._state
         waiter = None
         with self._lock:
@@ -524,69 +561,68 @@ class AbstractConnectionPool:
             if key is not None:
                 sticky = state.take_sticky(key)  # or PoolError if another caller gets it
                 if sticky is not None:  # psycopg2 semantics: same key, same connection
-                    return sticky, True, now, deadline
+                    return Checkout(sticky, deadline, vetted=True)
             slot = state.take_idle(key, now)
             if slot is not None:
-                return slot, False, now, deadline
-            can_wait = now < deadline
-            # With a background connector, a caller that can wait queues, and is served by
-            # whichever comes first: a returned connection or the connector's new one.
-            if (can_wait and state.connector is not None) or not state.reserve_connect(
-                now, can_wait=can_wait
-            ):
-                if now >= deadline:
+                return Checkout(slot, deadline)
+            if now >= deadline:  # a caller that cannot wait connects if there is room
+                if not state.reserve_connect(now, can_wait=False):
                     state.timed_out()
                     raise self._timeout_error(0.0, deadline - now)
+            # With a connector, a caller that can wait queues, and is served by whichever
+            # comes first: a returned connection or the connector's new one.
+            elif state.connector is not None or not state.reserve_connect(now):
                 waiter = Waiter(key, now, deadline)
                 state.enqueue(waiter)  # may serve it at once, or raise TooManyWaiting
             if key is not None:
                 state.hold_key(key)  # until the connection is leased under the key
         try:
             if waiter is not None:
-                slot = self._await(waiter, deadline)
+                slot = self._await(waiter, deadline, now)
                 if slot is not None:
-                    return slot, False, self._clock(), deadline
+                    return Checkout(slot, deadline)
             # A slot is reserved for us: open the connection without holding the lock.
-            return self._open_reserved(key), True, now, deadline
+            return Checkout(self._open_reserved(key), deadline, vetted=True)
         finally:
             if key is not None:
                 self._record(state.release_key, key)
 
-    def _await(self, waiter: Waiter, deadline: float) -> Slot | None:
+    def _await(self, waiter: Waiter, deadline: float, now: float) -> Slot | None:
         """Sleep until `dispatch` serves the waiter, or the deadline passes (lock not held).
+        `now` is when the waiter was queued.
 
         Returns the slot leased to us, or None when we were given the right to connect.
         """
         state = self._state
-        timed_out = False
         try:
-            while not waiter.served:
+            while True:
                 # Wake at the deadline, or (without a connector) when a connect back-off
                 # ends: we may connect then.
-                now = self._clock()
                 until = deadline
                 if state.connector is None and now < state.next_connect_at < until:
                     until = state.next_connect_at
                 if now < until:
-                    remaining = until - now  # inf when timeout=inf: no time limit
-                    waiter.sleep(remaining if remaining < threading.TIMEOUT_MAX else None)
-                    if waiter.served:
-                        break  # the common case: served, and no need for the pool's lock
+                    waiter.sleep(until - now)
+                    if waiter.slot is not None:
+                        return waiter.slot  # the common case: served, no need for the lock
                 with self._lock:
                     waiter.rearm()
                     now = self._clock()
                     if not waiter.served:
                         state.dispatch(now)  # a back-off may have ended: we may connect now
-                    if not waiter.served and now >= deadline:
-                        state.give_up(waiter, now)
-                        timed_out = True
+                    if waiter.served:
                         break
+                    if now >= deadline:
+                        state.give_up(waiter, now)
+                        raise self._timeout_error(
+                            now - waiter.enqueued_at, deadline - waiter.enqueued_at
+                        )
+        except PoolTimeout:
+            raise  # gave up under the lock: nothing to undo
         except BaseException:
             # Interrupted (a signal handler raised, say): give back whatever we were handed.
             self._record(state.abandon, waiter, NOW)
             raise
-        if timed_out:
-            raise self._timeout_error(now - waiter.enqueued_at, deadline - waiter.enqueued_at)
         if waiter.error is not None:
             raise waiter.error
         return waiter.slot
@@ -637,8 +673,9 @@ class AbstractConnectionPool:
         lifetime = options.max_lifetime * random.uniform(LIFETIME_JITTER, 1.0)
         return Slot(conn, now, now + lifetime, defaults, conn.encoding, last_used=now)
 
-    def _still_good(self, slot: Slot, now: float, deadline: float) -> bool:
+    def _still_good(self, slot: Slot, deadline: float) -> bool:
         """Vet a connection taken from the idle stack; drop it if it expired or died."""
+        now = slot.leased_at
         expired = now >= slot.expires_at
         if not expired and now - slot.last_used <= self._options.health_check_after:
             return True  # used moments ago: under steady load, no extra round trip

@@ -203,6 +203,10 @@ class PoolState:
             and now >= self.next_connect_at
         )
 
+    def use_connector(self, bell: Bell) -> None:
+        """From now on, connects for waiters are the connector's (rung on `bell`)."""
+        self.connector = bell
+
     def opened_initial(self, slots: list[Slot]) -> None:
         """The `minconn` connections opened before the pool is shared become idle."""
         self.idle.extend(slots)
@@ -366,7 +370,9 @@ class PoolState:
     def abandon(self, waiter: Waiter, now: float) -> None:
         """A waiter leaves by an exception: undo whatever `dispatch` had given it."""
         if waiter.slot is not None:
-            self.give_back(waiter.slot, now)
+            served = self.give_back(waiter.slot, now)
+            if served is not None:
+                served.ring()
         elif waiter.connect:
             self.connecting -= 1
             self.dispatch(now)
@@ -389,20 +395,30 @@ class PoolState:
         """
         waiters = self.waiters
         while waiters:
-            waiter = waiters[0]
             if self.idle:
-                waiter.slot = self.idle.pop()
-                self.lease(waiter.slot, waiter.key, now)
+                self._hand_over(self.idle.pop(), now).ring()
             elif self.connector is None and self.can_connect(now):
+                waiter = waiters.popleft()
                 self.connecting += 1
                 waiter.connect = True
+                self.wait_time += now - waiter.enqueued_at
+                waiter.ring()
             else:
                 if self.connector is not None and self.connect_wanted():
                     self.connector.ring()
                 return
-            waiters.popleft()
-            self.wait_time += now - waiter.enqueued_at
-            waiter.ring()
+
+    def _hand_over(self, slot: Slot, now: float) -> Waiter:
+        """Lease `slot` to the oldest waiter and take it out of the queue; return it, to be
+        woken. Out of the queue, a served waiter is rung by nobody else, and never rearms
+        its bell again (it returns as soon as it sees its slot): so the bell may be rung
+        after the pool's lock is released, and a thread woken by it does not then block on
+        the lock still held by the thread that woke it."""
+        waiter = self.waiters.popleft()
+        self.lease(slot, waiter.key, now)
+        waiter.slot = slot
+        self.wait_time += now - waiter.enqueued_at
+        return waiter
 
     def connect_wanted(self) -> bool:
         """Should the connector open a connection (if the back-off and budget allow)?
@@ -457,16 +473,22 @@ class PoolState:
             del self.keys[slot.key]
             slot.key = None
 
-    def give_back(self, slot: Slot, now: float) -> None:
-        """A clean connection comes back: top of the idle stack, or straight to a waiter."""
+    def give_back(self, slot: Slot, now: float) -> Waiter | None:
+        """A clean connection comes back: straight to the oldest waiter (nothing is idle
+        while anyone waits, so `dispatch` would hand it this one), else on top of the idle
+        stack. putconn inlines the second case (tests/test_fast_path.py compares them).
+
+        Returns the waiter served, whose bell the caller rings after releasing the lock.
+        """
         if slot.key is not None:
             self.unlease(slot)
         else:
             del self.leased[id(slot.conn)]  # unlease(slot), inlined for the common case
         slot.last_used = now
-        self.idle.append(slot)
         if self.waiters:
-            self.dispatch(now)
+            return self._hand_over(slot, now)
+        self.idle.append(slot)
+        return None
 
     def begin_return(self, slot: Slot, now: float) -> None:
         """A connection that needs cleaning comes back: park it while the pool cleans it."""

@@ -48,7 +48,8 @@ class ThreadedConnectionPool(AbstractConnectionPool):
         if refill_now:  # its first round runs maintenance, which refills to minconn
             self._next_maintenance = self._clock()
         bell = Bell()
-        self._state.connector = bell
+        self._state.use_connector(bell)
+        self._queue_at_once = self._options.timeout > 0
         self._connector = Connector(self, bell)
         self._connector.start()
 
