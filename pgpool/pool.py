@@ -374,7 +374,7 @@ class AbstractConnectionPool:
 
     def _start(self) -> None:
         """Begin work after open(): a pool without a background thread connects here."""
-        self._refill(fail=True)
+        self._refill(fail=True, until_full=True)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until `minconn` connections are open, or raise PoolTimeout after `timeout`
@@ -420,7 +420,7 @@ class AbstractConnectionPool:
                 dropped += not alive
         if dropped:
             logger.debug("pool %r: check dropped %d dead connection(s)", self.name, dropped)
-        self._refill()
+        self._refill(until_full=True)
         return dropped
 
     def resize(self, minconn: int, maxconn: int) -> None:
@@ -443,7 +443,7 @@ class AbstractConnectionPool:
         logger.debug(
             "pool %r resized to (%d, %d), closing %d idle", self.name, minconn, maxconn, len(slots)
         )
-        self._refill()
+        self._refill(until_full=True)
 
     # -- pgpool additions -----------------------------------------------------------------
 
@@ -500,11 +500,13 @@ class AbstractConnectionPool:
             self._reclaim(slot, now)
         self._refill()  # after the reclaims: their slots are free only once they are closed
 
-    def _refill(self, fail: bool = False) -> None:
-        """Open connections up to minconn, one at a time, within the connect budget. With
-        `fail`, the first connect error is raised (after the back-off has recorded it)."""
+    def _refill(self, fail: bool = False, until_full: bool = False) -> None:
+        """Open connections up to minconn, one at a time: one round of at most
+        `max_connecting` (a maintenance pass), or rounds until minconn is reached
+        (`until_full`: open, check, resize). With `fail`, the first connect error is raised
+        (after the back-off has recorded it)."""
         state = self._state
-        while True:  # in rounds of at most max_connecting connects
+        while True:
             reservation = Reservation()  # before reserving: see Reservation
             try:
                 with self._lock:
@@ -518,6 +520,8 @@ class AbstractConnectionPool:
             finally:
                 if reservation.left:
                     self._record(state.release, reservation, NOW)
+            if not until_full:
+                return
 
     def __enter__(self) -> AbstractConnectionPool:
         return self
