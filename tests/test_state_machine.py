@@ -540,11 +540,17 @@ class PoolMachine(RuleBasedStateMachine):
                     model.counters["leases_reclaimed"] += 1
                     closing.append(track)
         closing += probed
-        # Refill to minconn, in rounds of at most max_connecting connects, not during a
-        # back-off: one connect after the other, until minconn or the first failure.
-        while model.size < config.minconn and now >= model.next_connect_at:
+        # Refill to minconn, at most max_connecting at once, not during a back-off.
+        refill = 0
+        while (
+            model.size + refill < config.minconn
+            and refill < config.max_connecting
+            and now >= model.next_connect_at
+        ):
+            refill += 1
+        for _ in range(refill):
             if self._connect(where="idle") is None:
-                break  # the first failure ends the refill (its back-off begins)
+                break  # the first failure ends the refill
         return closing
 
     def _expect_return(self, track: Tracked, close: bool) -> str:
