@@ -114,7 +114,7 @@ MUTATIONS = (
     Mutation(
         "07",
         "pgpool.state",
-        "    if self.waiters:\n        self.dispatch(now)\n",  # as in the dedented method
+        "    if self.waiters:\n        return self._hand_over(slot, now)\n",  # dedented
         "",
         "tests/test_course_properties.py::test_property[waits-pgpool]",
         method="PoolState.give_back",
