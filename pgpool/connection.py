@@ -115,8 +115,11 @@ def ping(conn: Any, timeout: float) -> bool:
     if conn.closed:
         return False
     autocommit = conn.autocommit
-    alarm = watchdog.arm(conn, timeout)
+    alarm = None
     try:
+        # Armed inside the try: an exception arriving right after would otherwise leave it
+        # armed, to cut this socket later while someone else may be using the connection.
+        alarm = watchdog.arm(conn, timeout)
         if not autocommit:
             conn.autocommit = True
         with conn.cursor() as cursor:
@@ -126,7 +129,7 @@ def ping(conn: Any, timeout: float) -> bool:
     except psycopg2.Error:
         return False
     finally:
-        cut = alarm.disarm()
+        cut = alarm is not None and alarm.disarm()
     return not cut
 
 

@@ -22,12 +22,19 @@ from typing import Any
 
 
 class Alarm:
-    """One armed deadline. After `disarm()` returns, `fired` tells whether the socket was cut."""
+    """One armed deadline. After `disarm()` returns, `fired` tells whether the socket was cut.
+
+    The alarm holds a duplicate of the connection's descriptor, not its number: a number
+    is reused by the next socket the process opens once the connection is closed, and an
+    alarm that fires late (its owner was interrupted before it could disarm) must cut its
+    own connection's socket, never whichever connection got that number since. The
+    duplicate is closed when the alarm fires or is disarmed.
+    """
 
     __slots__ = ("fd", "fired", "live")
 
     def __init__(self, fd: int) -> None:
-        self.fd = fd
+        self.fd = os.dup(fd)
         self.live = True
         self.fired = False
 
@@ -35,7 +42,10 @@ class Alarm:
         """Cancel the alarm; True if it had already fired (the connection is unusable)."""
         with _cond:
             self.live = False
-            return self.fired
+            fired = self.fired
+        if not fired:
+            os.close(self.fd)  # the thread no longer touches it once live is False
+        return fired
 
 
 _cond = threading.Condition()
@@ -75,6 +85,7 @@ def _run() -> None:
             # so a disarmed connection (already handed to a caller) is never cut.
             alarm.fired = True
             _cut(alarm.fd)
+            os.close(alarm.fd)
 
 
 def cut(conn: Any) -> None:
@@ -106,5 +117,8 @@ def reinit_after_fork() -> None:
     """The thread does not survive fork(); the child starts its own on first use."""
     global _cond, _thread
     _cond = threading.Condition()
+    for _, _, alarm in _heap:
+        if alarm.live:  # the child's copy of the duplicate: nobody will disarm it here
+            os.close(alarm.fd)
     _heap.clear()
     _thread = None

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -315,3 +316,32 @@ def test_a_cancel_into_a_black_hole_freezes_nothing(dsn: str) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "gave up"
+
+
+# -- a health check's deadline never cuts another connection ------------------------------
+
+
+def test_a_late_alarm_cuts_only_its_own_connection(dsn: str) -> None:
+    """An interrupt that reached a health check just after it armed its deadline (the
+    interrupt sweep found the line) left the alarm armed on a descriptor *number*. The
+    connection was then closed, the next connection opened got the same number, and the
+    alarm, firing on time, cut that one: its borrower saw "server closed the connection
+    unexpectedly". An alarm now holds a duplicate of its own socket."""
+    from pgpool import watchdog
+
+    first = psycopg2.connect(dsn)
+    number = first.fileno()
+    watchdog.arm(first, 0.3)  # never disarmed, as if its owner had been interrupted
+    first.close()
+    # POSIX hands out the lowest free number: the next socket gets the closed one's, unless
+    # another thread of the test process takes it meanwhile (then the test proves nothing).
+    second = psycopg2.connect(dsn)
+    try:
+        if second.fileno() != number:
+            pytest.skip("the descriptor number was not reused")
+        time.sleep(0.6)  # the alarm has fired
+        with second.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+    finally:
+        second.close()
