@@ -163,30 +163,38 @@ def cancel_quietly(conn: Any, timeout: float) -> bool:
     for at most `timeout` (libpq's cancel has no time limit of its own). Returns whether the
     request was delivered in time. Harmless on an idle backend.
     """
+    # The request's details are copied out of the connection here, in the caller's thread:
+    # the caller closes the connection once we return, and libpq's PGconn goes with it.
+    # The helper thread then touches only the copy, which it frees.
+    cancel = _get_cancel(getattr(conn, "pgconn_ptr", None))
+    if not cancel:
+        return False  # closed (or not a psycopg2 connection: a test's fake)
     done = threading.Event()
 
-    def cancel() -> None:
-        with contextlib.suppress(Exception):
-            if _pq_cancel(conn.pgconn_ptr):
+    def send() -> None:
+        try:
+            errbuf = ctypes.create_string_buffer(256)
+            if _libpq().PQcancel(cancel, errbuf, len(errbuf)):
                 done.set()
+        finally:
+            _libpq().PQfreeCancel(cancel)
 
-    threading.Thread(target=cancel, name="pgpool-cancel", daemon=True).start()
+    helper = threading.Thread(target=send, name="pgpool-cancel", daemon=True)
+    try:
+        helper.start()
+    except BaseException:
+        _libpq().PQfreeCancel(cancel)
+        raise
     return done.wait(timeout)
 
 
-def _pq_cancel(pgconn: int | None) -> bool:
-    """libpq's PQcancel on the PGconn at address `pgconn`; ctypes releases the GIL meanwhile."""
+def _get_cancel(pgconn: int | None) -> int | None:
+    """libpq's PQgetCancel on the PGconn at address `pgconn`: a copy of what a cancel
+    request needs (address, backend pid and key), to be freed with PQfreeCancel."""
     if not pgconn:
-        return False  # closed
-    libpq = _libpq()
-    cancel = libpq.PQgetCancel(ctypes.c_void_p(pgconn))
-    if not cancel:
-        return False
-    try:
-        errbuf = ctypes.create_string_buffer(256)
-        return bool(libpq.PQcancel(cancel, errbuf, len(errbuf)))
-    finally:
-        libpq.PQfreeCancel(cancel)
+        return None
+    cancel: int | None = _libpq().PQgetCancel(ctypes.c_void_p(pgconn))
+    return cancel
 
 
 @functools.cache
