@@ -205,26 +205,39 @@ class AbstractConnectionPool:
                     state.enqueue(waiter)  # may serve it at once, or raise TooManyWaiting
                 else:
                     slot = waiter = None
-            if slot is None:
-                if waiter is None:
-                    return self._getconn_slow(None, None)
-                slot = self._await(waiter, now + self._options.timeout, now)
-                assert slot is not None  # with a connector, a waiter is never told to connect
-            # Used moments ago (idle from last_used until it was leased) and not expired:
-            # handed out without a health check. _vet_or_retry sees to the others.
-            leased_at = slot.leased_at
-            if leased_at - slot.last_used <= self._check_after and leased_at < slot.expires_at:
-                conn: Connection = slot.conn
-                return conn
-            return self._vet_or_retry(slot, None, now + self._options.timeout)
+            if slot is None and waiter is None:
+                return self._getconn_slow(None, None)
+            try:
+                if slot is None:
+                    assert waiter is not None
+                    slot = self._await(waiter, now + self._options.timeout, now)
+                    assert slot is not None  # with a connector, a waiter is never told to connect
+                # Used moments ago (idle from last_used until it was leased) and not expired:
+                # handed out without a health check. _vet_or_retry sees to the others.
+                leased_at = slot.leased_at
+                if leased_at - slot.last_used <= self._check_after and leased_at < slot.expires_at:
+                    conn: Connection = slot.conn
+                    return conn
+                return self._vet_or_retry(slot, None, now + self._options.timeout)
+            except PoolTimeout as error:
+                self._log_timeout(error)  # here, not where it was raised: under the lock
+                raise
         return self._getconn_slow(key, timeout)
 
     def _getconn_slow(self, key: Hashable | None, timeout: float | None) -> Connection:
         wait = self._options.timeout if timeout is None else check_timeout(timeout)
-        checkout = self._checkout(key, wait, None)
-        if checkout.vetted:
-            return self._handed_out(checkout.slot)
-        return self._vet_or_retry(checkout.slot, key, checkout.deadline)
+        try:
+            checkout = self._checkout(key, wait, None)
+            if checkout.vetted:
+                return self._handed_out(checkout.slot)
+            return self._vet_or_retry(checkout.slot, key, checkout.deadline)
+        except PoolTimeout as error:
+            self._log_timeout(error)  # here, not where it was raised: under the lock
+            raise
+
+    def _log_timeout(self, error: PoolTimeout) -> None:
+        """Log a timeout once the pool's lock is released: a handler may write to a file."""
+        logger.debug("pool %r: a caller timed out after waiting: %s", self.name, error)
 
     def _vet_or_retry(self, slot: Slot, key: Hashable | None, deadline: float) -> Connection:
         """Step 2, without the lock: a connection idle for a while may have died. Drop dead
@@ -854,7 +867,8 @@ class AbstractConnectionPool:
         return PoolClosed(f"connection pool is closed ({self.name!r})")
 
     def _timeout_error(self, waited: float, timeout: float) -> PoolTimeout:
-        logger.debug("pool %r: a caller timed out after %.3f s", self.name, waited)
+        """The PoolTimeout for a caller that waited `waited` s (built under the lock, so it
+        logs nothing: getconn logs it once the lock is released)."""
         s = self._state
         what = "connection pool exhausted" if timeout <= 0 else "timed out waiting for a connection"
         message = (

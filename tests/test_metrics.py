@@ -137,3 +137,32 @@ def test_connects_and_timeouts_are_logged(dsn: str, caplog: pytest.LogCaptureFix
     lines = [r.getMessage() for r in caplog.records]
     assert any("opened a connection in" in line for line in lines)
     assert any("timed out after" in line for line in lines)
+
+
+def test_no_log_line_is_written_under_the_pool_lock(dsn: str) -> None:
+    """A logging handler may write to a file or a socket: never while the pool's lock is held
+    (a timeout is raised under the lock, and logged only once it is released)."""
+    pool = pgpool.ThreadedConnectionPool(0, 1, dsn, timeout=0.05)
+    held: list[bool] = []
+
+    class Probe(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(pool._lock.locked())
+
+    probe = Probe(logging.DEBUG)
+    log = logging.getLogger("pgpool")
+    log.addHandler(probe)
+    old_level = log.level
+    log.setLevel(logging.DEBUG)
+    try:
+        conn = pool.getconn()
+        with pytest.raises(pgpool.PoolTimeout):
+            pool.getconn()  # the fast path's wait
+        with pytest.raises(pgpool.PoolTimeout):
+            pool.getconn(timeout=0.05)  # the slow path's
+        pool.putconn(conn)
+        pool.closeall()
+    finally:
+        log.removeHandler(probe)
+        log.setLevel(old_level)
+    assert len(held) >= 3 and not any(held), held
