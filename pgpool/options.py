@@ -25,6 +25,7 @@ import psycopg2
 Clock = Callable[[], float]
 Connector = Callable[..., Any]
 ConnCallback = Callable[[Any], object]
+PoolCallback = Callable[[Any], object]  # called with the pool itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,8 @@ class PoolOptions:
     health_check_after: float = 0.5  # idle longer than this -> ping before handing out
     max_connecting: int = 2  # connects in flight at once: stops a spike opening maxconn
     maintenance_interval: float | None = 1.0  # background maintenance period; None: none
+    reconnect_timeout: float = 300.0  # connects failing this long -> call reconnect_failed
+    reconnect_failed: PoolCallback | None = None  # called with the pool, outside the lock
     reset: ConnCallback | None = None  # called on each connection returned to the pool
     configure: ConnCallback | None = None  # called on each new connection
     name: str = ""
@@ -70,9 +73,10 @@ class PoolOptions:
         _check_int("max_connecting", self.max_connecting, minimum=1)
         if self.maintenance_interval is not None:
             _check_seconds("maintenance_interval", self.maintenance_interval, positive=True)
-        for callback in ("reset", "configure", "clock", "connector"):
+        _check_seconds("reconnect_timeout", self.reconnect_timeout, positive=True)
+        for callback in ("reset", "configure", "reconnect_failed", "clock", "connector"):
             value = getattr(self, callback)
-            optional = callback in ("reset", "configure")
+            optional = callback in ("reset", "configure", "reconnect_failed")
             if not callable(value) and not (optional and value is None):
                 raise TypeError(f"{callback} must be callable, got {type(value).__name__}")
         if not isinstance(self.name, str):

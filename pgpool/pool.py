@@ -99,6 +99,8 @@ class AbstractConnectionPool:
         health_check_after: float = 0.5,
         max_connecting: int = 2,
         maintenance_interval: float | None = 1.0,
+        reconnect_timeout: float = 300.0,
+        reconnect_failed: Callable[[Any], object] | None = None,
         reset: Callable[[Any], object] | None = None,
         configure: Callable[[Any], object] | None = None,
         name: str | None = None,
@@ -118,6 +120,8 @@ class AbstractConnectionPool:
             health_check_after=health_check_after,
             max_connecting=max_connecting,
             maintenance_interval=maintenance_interval,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
             reset=reset,
             configure=configure,
             name=f"pgpool-{next(_pool_numbers)}" if name is None else name,
@@ -652,7 +656,7 @@ class AbstractConnectionPool:
         try:
             slot = self._open_slot()
         except BaseException as error:
-            self._record(state.connect_failed, error, NOW)
+            self._connect_failed(error)
             raise  # the driver's own error, unchanged
         if not self._record(state.connected, slot, key, NOW):
             conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
@@ -755,12 +759,10 @@ class AbstractConnectionPool:
         try:
             slot = self._open_slot()
         except BaseException as error:
-            if fail:  # open() of a Simple pool: the caller gets the driver's error
-                self._record(state.connect_failed, error, NOW, reservation)
-                raise
-            error.__traceback__ = None  # nobody raises it again: keep no frames alive
-            self._record(state.connect_failed, error, NOW, reservation)
-            if not isinstance(error, Exception):
+            if not fail:  # else open() of a Simple pool: the caller gets the driver's error
+                error.__traceback__ = None  # nobody raises it again: keep no frames alive
+            self._connect_failed(error, reservation)
+            if fail or not isinstance(error, Exception):
                 raise
             logger.warning("pool %r: could not open a connection: %s", self.name, error)
             logger.debug(
@@ -776,6 +778,23 @@ class AbstractConnectionPool:
             conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
             return False
         return True
+
+    def _connect_failed(self, error: BaseException, reservation: Reservation | None = None) -> None:
+        """Record a failed connect (the back-off starts or grows). Once connects have been
+        failing for `reconnect_timeout`, say so, and call `reconnect_failed(pool)`: here,
+        outside the lock, in whichever thread connected (the connector, or a caller)."""
+        if not self._record(self._state.connect_failed, error, NOW, reservation):
+            return
+        options = self._options
+        logger.warning(
+            "pool %r: connects have been failing for reconnect_timeout (%s s); last error: %s",
+            self.name, options.reconnect_timeout, error,
+        )  # fmt: skip
+        if options.reconnect_failed is not None:
+            try:
+                options.reconnect_failed(self)
+            except Exception:  # the application's code: it must not stop the pool's retries
+                logger.exception("pool %r: the reconnect_failed callback raised", self.name)
 
     def _reclaim(self, slot: Slot, now: float) -> None:
         """Close a connection whose lease ran past max_lease; its slot is freed only after.

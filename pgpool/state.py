@@ -148,9 +148,9 @@ class PoolState:
     __slots__ = (
         "broken_returns", "checkouts", "closed", "connect_errors", "connect_failures",
         "connecting", "connections_closed", "connections_opened", "connector", "expired",
-        "failed_checks", "idle", "idle_reaped", "keys", "last_connect_error", "leased",
-        "leases_reclaimed", "next_connect_at", "options", "pending_keys", "returning",
-        "timeouts", "wait_time", "waiters", "waits",
+        "failed_checks", "failing_since", "idle", "idle_reaped", "keys", "last_connect_error",
+        "leased", "leases_reclaimed", "next_connect_at", "options", "pending_keys",
+        "returning", "timeouts", "wait_time", "waiters", "waits",
     )  # fmt: skip
 
     def __init__(self, options: PoolOptions, *, closed: bool = False) -> None:
@@ -170,6 +170,9 @@ class PoolState:
         # Connect back-off: no new connect starts before next_connect_at.
         self.connect_failures = 0
         self.next_connect_at = 0.0
+        # When the current run of failed connects began (None while connects succeed); once
+        # it has lasted reconnect_timeout, the pool calls reconnect_failed and starts anew.
+        self.failing_since: float | None = None
         self.last_connect_error: BaseException | None = None
         # Counters, reported by stats(); they only grow.
         self.checkouts = 0
@@ -310,15 +313,20 @@ class PoolState:
             return False
         self.connect_failures = 0
         self.next_connect_at = 0.0
+        self.failing_since = None
         return True
 
     def connect_failed(
         self, error: BaseException, now: float, reservation: Reservation | None = None
-    ) -> None:
+    ) -> bool:
         """A reserved connect failed: free its slot and back off before the next attempt.
 
         A refill reserves several slots and stops at the first failure: it frees every slot
         left in its `reservation` at once.
+
+        Returns True when connects have now been failing for `reconnect_timeout`: the pool
+        then calls `reconnect_failed` (once, outside the lock), and the count starts anew,
+        so a server that stays down is reported again every `reconnect_timeout`.
         """
         if reservation is None:
             self.connecting -= 1
@@ -339,6 +347,12 @@ class PoolState:
             # Waiters asleep until their deadline must learn when the back-off ends.
             for waiter in self.waiters:
                 waiter.ring()
+        if self.failing_since is None:
+            self.failing_since = now
+        if now - self.failing_since < self.options.reconnect_timeout:
+            return False
+        self.failing_since = now
+        return True
 
     # -- waiting --------------------------------------------------------------------------
 

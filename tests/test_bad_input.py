@@ -48,6 +48,7 @@ SECONDS_OPTIONS = [
     "max_lease",
     "health_check_after",
     "maintenance_interval",
+    "reconnect_timeout",
 ]
 
 OPTIONS = [
@@ -59,6 +60,8 @@ OPTIONS = [
     "health_check_after",
     "max_connecting",
     "maintenance_interval",
+    "reconnect_timeout",
+    "reconnect_failed",
     "reset",
     "configure",
     "name",

@@ -3,6 +3,7 @@ against the real server, with the pool's gauges checked against the server's ses
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -11,6 +12,7 @@ import pytest
 from faultsupport import count_backends, in_thread, kill_backends, pool_dsn, unique_app, wait_for
 
 import pgpool
+from pgpool.state import PoolState, Reservation, Slot
 from testbed.embedded import EmbeddedPostgres
 
 
@@ -74,6 +76,63 @@ def test_open_while_the_server_is_down_connects_when_it_returns(
         _sessions_match(pool, server.dsn, app)
     finally:
         pool.closeall()
+
+
+def test_reconnect_failed_is_called_each_reconnect_timeout_of_failing_connects(
+    restartable_server: EmbeddedPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pool opened while the server is down keeps trying with its back-off; every
+    `reconnect_timeout` of connects failing in a row, it calls `reconnect_failed(pool)`
+    from the connector's thread, without its lock. A callback that raises is logged and
+    stops nothing: once the server is back, the pool fills up."""
+    server = restartable_server
+    app = unique_app("reconnect-failed")
+    server.stop()
+    calls: list[tuple[float, object, str, bool]] = []
+
+    def gave_up(pool: pgpool.AbstractConnectionPool) -> None:
+        calls.append((time.monotonic(), pool, threading.current_thread().name, pool._lock.locked()))
+        raise RuntimeError("the application's callback failed")
+
+    pool = pgpool.ThreadedConnectionPool(
+        1, 2, pool_dsn(server.dsn, app, connect_timeout=2), open=False,
+        reconnect_timeout=0.3, reconnect_failed=gave_up,
+    )  # fmt: skip
+    try:
+        opened = time.monotonic()
+        pool.open(wait=False)
+        wait_for(lambda: len(calls) >= 2, timeout=15, what="reconnect_failed called twice")
+        times = [opened] + [call[0] for call in calls[:2]]
+        assert all(later - earlier >= 0.3 for earlier, later in itertools.pairwise(times))
+        assert all(call[1] is pool for call in calls)
+        assert {call[2] for call in calls} == {f"pgpool-connector-{pool.name}"}
+        assert not any(call[3] for call in calls), "called with the pool's lock held"
+        assert "the reconnect_failed callback raised" in caplog.text
+        server.start()
+        pool.wait(timeout=15)
+        _sessions_match(pool, server.dsn, app)
+    finally:
+        pool.closeall()
+
+
+def test_a_failing_streak_is_reported_once_per_reconnect_timeout() -> None:
+    """The rule itself, on a clock the test sets: a run of failed connects is reported when
+    it has lasted `reconnect_timeout`, then counted anew; a success ends it."""
+    state = PoolState(pgpool.PoolOptions(minconn=1, maxconn=2, reconnect_timeout=10.0))
+
+    def fail(now: float) -> bool:
+        state.connecting += 1  # as reserve_connect would
+        return state.connect_failed(psycopg2.OperationalError("refused"), now)
+
+    assert [fail(t) for t in (0.0, 4.0, 9.9, 10.0, 12.0, 19.9, 20.0)] == [
+        False, False, False, True, False, False, True,
+    ]  # fmt: skip
+    state.connecting += 1
+    slot = Slot(
+        conn=None, created_at=21.0, expires_at=99.0, defaults=(), encoding="UTF8", last_used=21.0
+    )
+    assert state.connected_idle(slot, 21.0, Reservation(left=1))
+    assert [fail(t) for t in (25.0, 34.9, 35.0)] == [False, False, True]
 
 
 def test_check_drops_dead_idle_connections_and_refills(dsn: str) -> None:
