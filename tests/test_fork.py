@@ -214,3 +214,32 @@ def test_child_pool_has_its_own_maintenance(dsn: str) -> None:
         for conn in held:
             assert scalar(conn, "SELECT 1") == 1
             pool.putconn(conn)
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_made_unopened_before_fork_is_opened_in_the_child(dsn: str) -> None:
+    """The pre-fork recipe psycopg_pool users know: the master makes the pool with
+    `open=False` (no connection, no thread to inherit) and each worker calls `open()`,
+    as a gunicorn `post_fork` hook would."""
+    app = unique_app("fork-open")
+    pool = pgpool.ThreadedConnectionPool(2, 3, pool_dsn(dsn, app), open=False)
+    name = f"pgpool-connector-{pool.name}"
+    assert not [t for t in connector_threads() if t.name == name]
+
+    def child() -> dict[str, Any]:
+        pool.open(wait=True, timeout=10)
+        assert [t for t in connector_threads() if t.name == name], "no connector in the child"
+        with pool.connection() as conn:
+            pid = scalar(conn, "SELECT pg_backend_pid()")
+        sessions = sorted(backend_pids(dsn, app))
+        pool.closeall()
+        return {"pid": pid, "sessions": sessions}
+
+    result = run_in_child(child)
+    assert len(result["sessions"]) == 2 and result["pid"] in result["sessions"]
+    # The master still holds nothing, and can itself be opened later (or never).
+    assert pool.stats().size == 0
+    wait_for(lambda: not backend_pids(dsn, app), 10, "the child's sessions ended")
+    pool.open(wait=True, timeout=10)
+    assert len(backend_pids(dsn, app)) == 2
+    pool.closeall()
