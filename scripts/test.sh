@@ -15,4 +15,5 @@ rm -rf "$site"
 echo "== pytest"
 # Branch coverage of pgpool/ is reported; the floor sits a little under the ~96 % measured, so
 # that a timing-dependent branch (a watchdog firing, a race lost) cannot fail CI by itself.
-pytest --cov=pgpool --cov-branch --cov-report=term --cov-fail-under=94 "$@"
+# The 15 slowest tests are listed at the end: the suite must stay well under 10 minutes.
+pytest --cov=pgpool --cov-branch --cov-report=term --cov-fail-under=94 --durations=15 "$@"
