@@ -5,9 +5,17 @@ Change the import and keep your code::
     import pgpool as pool            # was: from psycopg2 import pool
     p = pool.ThreadedConnectionPool(1, 10, dsn)
 
-Where to read next: `threaded.py` (the two pools), `pool.py` (lock and I/O), `state.py`
-(the bookkeeping and its invariants), `connection.py` (what is done to a connection),
-`maintenance.py` (the background thread), `helpers.py` (the seed article's DBHelper).
+Where to read next:
+
+- `threaded.py`: the two pools, and who opens connections for callers that wait;
+- `pool.py`: the lock and every step that talks to the server (checkout, return,
+  maintenance, the lifecycle methods);
+- `state.py`: the bookkeeping, its invariants, and every state transition;
+- `connector.py` and `bell.py`: the Threaded pool's one background thread, and how it sleeps;
+- `connection.py` and `watchdog.py`: what is done to a connection (clean, ping, cancel), and
+  the deadline that cuts a silent one;
+- `options.py`, `stats.py`, `errors.py`: the settings, the snapshot, the exceptions;
+- `metrics.py` (Prometheus), `helpers.py` (the seed article's DBHelper), `resets.py`.
 """
 
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiting
