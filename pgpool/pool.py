@@ -764,16 +764,20 @@ class AbstractConnectionPool:
             self._connect_failed(error, reservation)
             if fail or not isinstance(error, Exception):
                 raise
-            logger.warning("pool %r: could not open a connection: %s", self.name, error)
+            # An outage is a few lines, not one per attempt (the back-off makes ~8 in its
+            # first second): the first failure of a run is a warning, the retries DEBUG,
+            # and reconnect_timeout's warning repeats for as long as it lasts.
+            failures = state.connect_failures  # read without the lock: only for the log
+            level = logging.WARNING if failures <= 1 else logging.DEBUG
+            logger.log(level, "pool %r: could not open a connection: %s", self.name, error)
             logger.debug(
                 "pool %r: %d connect(s) failed in a row; backing off until t=%.3f",
-                self.name, state.connect_failures, state.next_connect_at,
+                self.name, failures, state.next_connect_at,
             )  # fmt: skip
             return False
-        if state.connect_failures:  # read without the lock: only for the log line
-            logger.debug(
-                "pool %r: connecting again after %d failure(s)", self.name, state.connect_failures
-            )
+        failures = state.connect_failures  # read without the lock: only for the log line
+        if failures:
+            logger.info("pool %r: connected again after %d failed connect(s)", self.name, failures)
         if not self._record(state.connected_idle, slot, NOW, reservation):
             conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
             return False

@@ -4,8 +4,10 @@ scraped from a real registry."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
+import psycopg2
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -166,3 +168,31 @@ def test_no_log_line_is_written_under_the_pool_lock(dsn: str) -> None:
         log.removeHandler(probe)
         log.setLevel(old_level)
     assert len(held) >= 3 and not any(held), held
+
+
+def test_an_outage_is_a_few_log_lines_not_one_per_attempt(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connects refused for real (nothing listens on port 1) until the test lets them
+    reach the server: one WARNING when the run of failures begins, the retries at DEBUG,
+    one INFO when a connect succeeds again."""
+    caplog.set_level(logging.DEBUG, logger="pgpool")
+    down = threading.Event()
+    down.set()
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        if down.is_set():
+            return psycopg2.connect("host=127.0.0.1 port=1 connect_timeout=2")
+        return psycopg2.connect(*args, **kwargs)
+
+    with pgpool.ThreadedConnectionPool(0, 1, dsn, connector=connect, timeout=0.5) as pool:
+        with pytest.raises(pgpool.PoolTimeout, match="Connection refused"):
+            pool.getconn()
+        down.clear()
+        pool.putconn(pool.getconn(timeout=10))
+    failed = [r for r in caplog.records if "could not open a connection" in r.getMessage()]
+    assert len(failed) >= 3, "the back-off should have retried a few times in 0.5 s"
+    assert [r.levelno for r in failed].count(logging.WARNING) == 1
+    assert failed[0].levelno == logging.WARNING
+    again = [r for r in caplog.records if "connected again after" in r.getMessage()]
+    assert len(again) == 1 and again[0].levelno == logging.INFO
