@@ -279,6 +279,33 @@ def test_rollback_failure(pools: Pools, dsn: str) -> None:
     assert outcomes == {"theirs": ("OperationalError", "exhausted"), "ours": ("ok", "serves")}
 
 
+DOWN = "host=127.0.0.1 port=1 connect_timeout=2"  # nothing listens: refused, for real
+
+
+def _outcome(pool: Any, **getconn: Any) -> tuple[str, str | None]:
+    try:
+        pool.putconn(pool.getconn(**getconn))
+    except psycopg2.Error as error:
+        cause = error.__cause__
+        return type(error).__name__, None if cause is None else type(cause).__name__
+    return "ok", None  # pragma: no cover - nothing listens on port 1
+
+
+def test_server_down_a_waiting_caller_gets_pool_timeout_caused_by_the_error(
+    pools: Pools,
+) -> None:
+    """compat.md's "server down" row: psycopg2.pool raises the driver's error at once; a
+    Threaded pgpool caller that can wait gets PoolTimeout at its deadline, caused by that
+    error; one with timeout=0, and a Simple pool's, get the driver's error at once."""
+    theirs = pools.add(psycopg2.pool.ThreadedConnectionPool(0, 2, DOWN))
+    ours = pools.threaded(0, 2, DOWN, timeout=0.2)
+    simple = pools.simple(0, 2, DOWN)
+    assert _outcome(theirs) == ("OperationalError", None)
+    assert _outcome(ours) == ("PoolTimeout", "OperationalError")
+    assert _outcome(ours, timeout=0) == ("OperationalError", None)
+    assert _outcome(simple) == ("OperationalError", None)
+
+
 def test_returned_connections_kept_above_minconn(pools: Pools) -> None:
     theirs = pools.add(psycopg2.pool.ThreadedConnectionPool(0, 2, pools.dsn))
     ours = pools.threaded(0, 2)
