@@ -169,21 +169,30 @@ def cancel_quietly(conn: Any, timeout: float) -> bool:
     cancel = _get_cancel(getattr(conn, "pgconn_ptr", None))
     if not cancel:
         return False  # closed (or not a psycopg2 connection: a test's fake)
+    # Whoever pops the copy frees it: the helper, or this thread if start() raised. It can
+    # raise after the helper is running (an interrupt in its wait for the thread to begin),
+    # so freeing it here unconditionally would free it twice.
+    owned = [cancel]
     done = threading.Event()
 
     def send() -> None:
         try:
+            request = owned.pop()
+        except IndexError:
+            return  # start() raised and the caller freed it
+        try:
             errbuf = ctypes.create_string_buffer(256)
-            if _libpq().PQcancel(cancel, errbuf, len(errbuf)):
+            if _libpq().PQcancel(request, errbuf, len(errbuf)):
                 done.set()
         finally:
-            _libpq().PQfreeCancel(cancel)
+            _libpq().PQfreeCancel(request)
 
     helper = threading.Thread(target=send, name="pgpool-cancel", daemon=True)
     try:
         helper.start()
     except BaseException:
-        _libpq().PQfreeCancel(cancel)
+        with contextlib.suppress(IndexError):
+            _libpq().PQfreeCancel(owned.pop())
         raise
     return done.wait(timeout)
 

@@ -345,3 +345,40 @@ def test_a_late_alarm_cuts_only_its_own_connection(dsn: str) -> None:
             assert cursor.fetchone() == (1,)
     finally:
         second.close()
+
+
+@pytest.mark.parametrize("launched", [True, False], ids=["helper-ran", "helper-never-ran"])
+def test_an_interrupted_cancel_frees_its_request_once(
+    monkeypatch: pytest.MonkeyPatch, launched: bool
+) -> None:
+    """Thread.start() launches the thread and then waits for it to run: a KeyboardInterrupt
+    in that wait raises from start() while the helper runs anyway. cancel_quietly then
+    freed the PGcancel in its `except` and the helper freed it again (a double free in
+    libpq's memory). Exactly one of the two must free it, whether the helper ran or not."""
+    from pgpool import connection as conn_ops
+
+    freed: list[int] = []
+
+    class FakeLibpq:  # the real one would crash the test process on a double free
+        def PQgetCancel(self, pgconn: object) -> int:
+            return 1234
+
+        def PQcancel(self, cancel: int, errbuf: object, size: int) -> int:
+            return 1
+
+        def PQfreeCancel(self, cancel: int) -> None:
+            freed.append(cancel)
+
+    monkeypatch.setattr(conn_ops, "_libpq", FakeLibpq)
+    start = threading.Thread.start
+
+    def start_then_interrupt(thread: threading.Thread) -> None:
+        if launched:
+            start(thread)  # the helper runs...
+            thread.join()
+        raise KeyboardInterrupt  # ...but start() raised, as Ctrl-C in its wait can make it
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        conn_ops.cancel_quietly(type("Conn", (), {"pgconn_ptr": 1})(), 0.5)
+    assert freed == [1234]
