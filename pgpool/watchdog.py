@@ -12,6 +12,7 @@ disarming are cheap (a heap push, a flag); the thread sleeps until the earliest 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -28,15 +29,24 @@ class Alarm:
     is reused by the next socket the process opens once the connection is closed, and an
     alarm that fires late (its owner was interrupted before it could disarm) must cut its
     own connection's socket, never whichever connection got that number since. The
-    duplicate is closed when the alarm fires or is disarmed.
+    duplicate is closed when the alarm fires or is disarmed, or else when the alarm is
+    dropped (an interrupt between two lines of arm() or disarm()): it is held as a socket
+    object, whose close() is idempotent, so closing it again never hits a reused number.
     """
 
-    __slots__ = ("fd", "fired", "live")
+    __slots__ = ("fired", "live", "sock")
 
     def __init__(self, fd: int) -> None:
-        self.fd = os.dup(fd)
+        self.sock = socket.socket(fileno=os.dup(fd))
         self.live = True
         self.fired = False
+
+    def __del__(self) -> None:
+        # Usually closed already; else closed here quietly (a socket's own finalizer would
+        # warn). No sock at all if __init__ failed (out of descriptors).
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            sock.close()
 
     def disarm(self) -> bool:
         """Cancel the alarm; True if it had already fired (the connection is unusable)."""
@@ -44,7 +54,7 @@ class Alarm:
             self.live = False
             fired = self.fired
         if not fired:
-            os.close(self.fd)  # the thread no longer touches it once live is False
+            self.sock.close()  # the thread no longer touches it once live is False
         return fired
 
 
@@ -75,17 +85,19 @@ def _run() -> None:
             if not _heap:
                 _cond.wait()
                 continue
-            deadline, _, alarm = _heap[0]
-            delay = deadline - time.monotonic()
+            # Only the deadline while asleep: a local holding the alarm would keep one that
+            # its owner dropped undisarmed (interrupted) alive, its duplicate open, meanwhile.
+            delay = _heap[0][0] - time.monotonic()
             if delay > 0:
                 _cond.wait(delay)
                 continue
-            heapq.heappop(_heap)
+            _, _, alarm = heapq.heappop(_heap)
             # Still under the lock: disarm() cannot return between this check and the cut,
             # so a disarmed connection (already handed to a caller) is never cut.
             alarm.fired = True
-            _cut(alarm.fd)
-            os.close(alarm.fd)
+            with contextlib.suppress(OSError):
+                alarm.sock.shutdown(socket.SHUT_RDWR)
+            alarm.sock.close()
 
 
 def cut(conn: Any) -> None:
@@ -118,7 +130,6 @@ def reinit_after_fork() -> None:
     global _cond, _thread
     _cond = threading.Condition()
     for _, _, alarm in _heap:
-        if alarm.live:  # the child's copy of the duplicate: nobody will disarm it here
-            os.close(alarm.fd)
+        alarm.sock.close()  # the child's copy of the duplicate: nobody will disarm it here
     _heap.clear()
     _thread = None

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import inspect
 import os
 import subprocess
 import sys
@@ -18,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import psycopg2
@@ -345,6 +349,68 @@ def test_a_late_alarm_cuts_only_its_own_connection(dsn: str) -> None:
             assert cursor.fetchone() == (1,)
     finally:
         second.close()
+
+
+def _copies(fd: int) -> int:
+    """How many of this process's descriptors refer to the same socket as `fd`."""
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed since
+            count += os.readlink(f"/proc/self/fd/{name}") == target
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [("arm", "with _cond:"), ("disarm", "if not fired:")],
+    ids=["in-arm-after-the-dup", "in-disarm-after-the-lock"],
+)
+def test_an_interrupted_health_check_leaves_no_duplicate_descriptor(
+    dsn: str, where: str, text: str
+) -> None:
+    """An alarm duplicates its connection's descriptor. An interrupt landing in arm() after
+    the duplicate was made (before the alarm was queued), or in disarm() after it let go of
+    the watchdog's lock (before closing it), left the duplicate open for good: nobody held
+    the alarm any more. It must be closed once the alarm is dropped."""
+    from pgpool import watchdog
+    from pgpool.connection import ping
+
+    func = watchdog.arm if where == "arm" else watchdog.Alarm.disarm
+    lines, first = inspect.getsourcelines(func)
+    target = first + next(i for i, line in enumerate(lines) if text in line)
+    fired: list[int] = []
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code is func.__code__ else None
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line" and frame.f_lineno == target and not fired:
+            fired.append(target)
+            raise KeyboardInterrupt(f"injected in {where}")
+        return local
+
+    conn = psycopg2.connect(dsn)
+    try:
+        before = _copies(conn.fileno())
+        previous = sys.gettrace()
+        sys.settrace(trace)
+        try:
+            ping(conn, 0.2)
+        except KeyboardInterrupt:
+            pass  # dropped with its traceback, as a handler would: its frames hold the alarm
+        finally:
+            sys.settrace(previous)
+        assert fired
+
+        def closed() -> bool:  # at the latest once the watchdog forgets it, at its deadline
+            gc.collect()
+            return _copies(conn.fileno()) == before
+
+        wait_for(closed, timeout=5, what="the alarm's duplicate closed")
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("launched", [True, False], ids=["helper-ran", "helper-never-ran"])
