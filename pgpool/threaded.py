@@ -86,7 +86,9 @@ class ThreadedConnectionPool(AbstractConnectionPool):
             self._next_maintenance = now + interval
             try:
                 self.maintain()
-            except Exception:  # a failed pass must not end maintenance for good
+            except BaseException:  # a failed pass must not end maintenance for good; no
+                # interrupt reaches this thread, so this is a callback's (sys.exit() in
+                # reconnect_failed raises SystemExit here, not in the main thread)
                 logger.exception("pool %r: maintenance pass failed", self.name)
             return 0.0
         return min(self._next_maintenance, retry) - now

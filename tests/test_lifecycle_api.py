@@ -4,6 +4,7 @@ against the real server, with the pool's gauges checked against the server's ses
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 
@@ -111,6 +112,32 @@ def test_reconnect_failed_is_called_each_reconnect_timeout_of_failing_connects(
         server.start()
         pool.wait(timeout=15)
         _sessions_match(pool, server.dsn, app)
+    finally:
+        pool.closeall()
+
+
+def test_sys_exit_in_reconnect_failed_does_not_kill_the_connector() -> None:
+    """The README offered `sys.exit()` in reconnect_failed. On the connector's thread it
+    raises SystemExit there, not in the main thread: from a maintenance refill it ended the
+    connector silently, and the pool never connected or ran maintenance again (every
+    waiter timed out, for good). The connector must outlive a callback that raises it."""
+    calls: list[float] = []
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise psycopg2.OperationalError("connection refused (on purpose)")
+
+    def gave_up(pool: pgpool.AbstractConnectionPool) -> None:
+        calls.append(time.monotonic())
+        sys.exit("the application gives up")
+
+    pool = pgpool.ThreadedConnectionPool(
+        1, 1, "", connector=refuse, open=False, maintenance_interval=0.02,
+        reconnect_timeout=0.05, reconnect_failed=gave_up,
+    )  # fmt: skip
+    try:
+        pool.open()
+        wait_for(lambda: len(calls) >= 2, timeout=10, what="reconnect_failed called again")
+        assert pool._connector is not None and pool._connector.alive
     finally:
         pool.closeall()
 
