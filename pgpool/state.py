@@ -281,8 +281,22 @@ class PoolState:
             return False
         if not can_wait and self.size >= self.options.maxconn:
             return False
-        self.connecting += 1
+        self._begin_connect(now)
         return True
+
+    def _begin_connect(self, now: float) -> None:
+        """Count a connect that starts now. A run of failed connects lasts only while the
+        pool keeps retrying: a connect that starts well after the back-off allowed the
+        next one follows a time when nothing needed a connection, so the failures before
+        it were a different outage, and `reconnect_timeout` is counted from scratch."""
+        self.connecting += 1
+        if self.failing_since is not None and now > self.next_connect_at + self._retry_gap():
+            self.failing_since = None
+
+    def _retry_gap(self) -> float:
+        # How late a retry may start and still be one: a waiter's is due when the back-off
+        # ends, a refill's at the next maintenance pass; a second more for a busy machine.
+        return BACKOFF_CAP + (self.options.maintenance_interval or 0.0) + 1.0
 
     def connected(self, slot: Slot, key: Hashable | None, now: float) -> bool:
         """A caller's reserved connect succeeded: the new connection is leased to it.
@@ -413,7 +427,7 @@ class PoolState:
                 self._hand_over(self.idle.pop(), now).ring()
             elif self.connector is None and self.can_connect(now):
                 waiter = waiters.popleft()
-                self.connecting += 1
+                self._begin_connect(now)
                 waiter.connect = True
                 self.wait_time += now - waiter.enqueued_at
                 waiter.ring()
@@ -448,7 +462,7 @@ class PoolState:
         and allowed now. The connection it opens goes to `connected_idle`."""
         if self.closed or not self.connect_wanted() or not self.can_connect(now):
             return False
-        self.connecting += 1
+        self._begin_connect(now)
         reservation.left += 1
         return True
 
@@ -627,7 +641,7 @@ class PoolState:
     def reserve_refills(self, now: float, reservation: Reservation) -> None:
         """Reserve slots to refill to minconn, within the connect budget and the back-off."""
         while self.size < self.options.minconn and self.can_connect(now):
-            self.connecting += 1
+            self._begin_connect(now)
             reservation.left += 1
 
     # -- closing --------------------------------------------------------------------------

@@ -144,22 +144,29 @@ def test_sys_exit_in_reconnect_failed_does_not_kill_the_connector() -> None:
 
 def test_a_failing_streak_is_reported_once_per_reconnect_timeout() -> None:
     """The rule itself, on a clock the test sets: a run of failed connects is reported when
-    it has lasted `reconnect_timeout`, then counted anew; a success ends it."""
-    state = PoolState(pgpool.PoolOptions(minconn=1, maxconn=2, reconnect_timeout=10.0))
+    it has lasted `reconnect_timeout`, then counted anew. A success ends it, and so does a
+    pause in the retries (nothing needed a connection): two blips an hour apart are not
+    an hour-long outage."""
+    options = pgpool.PoolOptions(minconn=0, maxconn=2, reconnect_timeout=10.0)
+    state = PoolState(options)
 
     def fail(now: float) -> bool:
-        state.connecting += 1  # as reserve_connect would
+        assert state.reserve_connect(now, can_wait=False)  # as a caller's connect starts
         return state.connect_failed(psycopg2.OperationalError("refused"), now)
 
-    assert [fail(t) for t in (0.0, 4.0, 9.9, 10.0, 12.0, 19.9, 20.0)] == [
-        False, False, False, True, False, False, True,
-    ]  # fmt: skip
-    state.connecting += 1
-    slot = Slot(
-        conn=None, created_at=21.0, expires_at=99.0, defaults=(), encoding="UTF8", last_used=21.0
-    )
-    assert state.connected_idle(slot, 21.0, Reservation(left=1))
-    assert [fail(t) for t in (25.0, 34.9, 35.0)] == [False, False, True]
+    def every_second(start: float, end: float) -> list[float]:
+        """When the retries ran, and which failures were reported."""
+        return [t for t in range(int(start), int(end) + 1) if fail(float(t))]
+
+    # Retries every second (the back-off is capped at 2 s): reported at 10 s, then at 20 s.
+    assert every_second(0, 25) == [10.0, 20.0]
+    # A success ends the run: the next one is counted from its own first failure.
+    assert state.reserve_connect(26.0, can_wait=False)
+    slot = Slot(conn=None, created_at=26, expires_at=99, defaults=(), encoding="UTF8", last_used=26)
+    assert state.connected_idle(slot, 26.0, Reservation(left=1))
+    assert every_second(30, 41) == [40.0]
+    # Nothing retried from 41 s to 3600 s: the failure then starts a new run.
+    assert every_second(3600, 3615) == [3610.0]
 
 
 def test_check_drops_dead_idle_connections_and_refills(dsn: str) -> None:
