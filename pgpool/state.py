@@ -363,8 +363,8 @@ class PoolState:
                 waiter.ring()
         if self.failing_since is None:
             self.failing_since = now
-        if now - self.failing_since < self.options.reconnect_timeout:
-            return False
+        if self.closed or now - self.failing_since < self.options.reconnect_timeout:
+            return False  # (closed meanwhile: nobody is retrying any more, nothing to report)
         self.failing_since = now
         return True
 

@@ -167,6 +167,12 @@ def test_a_failing_streak_is_reported_once_per_reconnect_timeout() -> None:
     assert every_second(30, 41) == [40.0]
     # Nothing retried from 41 s to 3600 s: the failure then starts a new run.
     assert every_second(3600, 3615) == [3610.0]
+    # A connect still in flight when the pool is closed reports nothing when it fails,
+    # even the one that would have completed reconnect_timeout.
+    assert every_second(3616, 3619) == []
+    assert state.reserve_connect(3620.0, can_wait=False)
+    state.close(pgpool.PoolClosed("closed"))
+    assert not state.connect_failed(psycopg2.OperationalError("refused"), 3620.0)
 
 
 def test_check_drops_dead_idle_connections_and_refills(dsn: str) -> None:
