@@ -15,5 +15,9 @@ rm -rf "$site"
 echo "== pytest"
 # Branch coverage of pgpool/ is reported; the floor sits a little under the ~96 % measured, so
 # that a timing-dependent branch (a watchdog firing, a race lost) cannot fail CI by itself.
+# It applies to the whole suite only: `bash scripts/test.sh tests/test_api.py` (any pytest
+# arguments) reports coverage without failing on it.
 # The 15 slowest tests are listed at the end: the suite must stay well under 10 minutes.
-pytest --cov=pgpool --cov-branch --cov-report=term --cov-fail-under=94 --durations=15 "$@"
+floor=(--cov-fail-under=94)
+if [ "$#" -gt 0 ]; then floor=(); fi
+pytest --cov=pgpool --cov-branch --cov-report=term "${floor[@]}" --durations=15 "$@"
