@@ -356,3 +356,20 @@ class EmbeddedPostgres:
             log = self.log_file
             tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
             raise RuntimeError(f"{tool} {' '.join(args)} failed:\n{done.stderr}{done.stdout}{tail}")
+
+
+def main() -> None:
+    """``.venv/bin/python -m testbed.embedded``: a server to experiment with, until Ctrl-C."""
+    stop = {signal.SIGINT, signal.SIGTERM}
+    with EmbeddedPostgres() as server:
+        # Ctrl-C and TERM are taken synchronously, so a second one cannot cut the clean-up
+        # short. Blocked only now: the server's processes must not inherit the mask.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        print(f"PostgreSQL is running: {server.dsn}", flush=True)
+        print("Ctrl-C stops it and deletes its data.", flush=True)
+        signal.sigwait(stop)
+    print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

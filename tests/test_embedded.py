@@ -174,3 +174,34 @@ def test_missing_binaries_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(os, "access", lambda *_args: False)
     with pytest.raises(RuntimeError, match="pip install pgserver"):
         embedded.find_bindir()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(bool(os.environ.get("PGPOOL_TEST_DSN")), reason="uses the embedded server")
+def test_python_m_testbed_embedded_serves_until_ctrl_c() -> None:
+    """The README's server for experiments: it prints a DSN that works, and Ctrl-C stops it,
+    taking its data directory with it."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "testbed.embedded"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("PostgreSQL is running: "), first + proc.stderr.read()
+        dsn = first.partition(": ")[2].strip()
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.strip().endswith("stopped")
+    with pytest.raises(psycopg2.OperationalError):
+        psycopg2.connect(dsn, connect_timeout=2).close()
