@@ -507,10 +507,10 @@ class AbstractConnectionPool:
                 self._reclaimed.add(slot.conn)
         if plan.close:
             logger.debug(
-                "pool %r: closing %d idle connection(s), reaped or expired",
-                self.name,
-                len(plan.close),
-            )
+                "pool %r: closing %d idle connection(s): %d reaped (idle past max_idle), "
+                "%d expired (past max_lifetime)",
+                self.name, len(plan.close), plan.reaped, plan.expired,
+            )  # fmt: skip
         for slot in plan.close:
             conn_ops.close_quietly(slot.conn)
         for slot in plan.reclaimed:

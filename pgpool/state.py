@@ -126,6 +126,8 @@ class MaintenancePlan:
     """What one maintenance pass decided; the pool carries it out after releasing the lock."""
 
     close: list[Slot] = field(default_factory=list)  # reaped or expired idle connections
+    expired: int = 0  # of `close`: past max_lifetime
+    reaped: int = 0  # of `close`: idle past max_idle, above minconn
     # Leases taken back after max_lease, parked in `returning` until the pool has closed them.
     reclaimed: list[Slot] = field(default_factory=list)
 
@@ -596,7 +598,7 @@ class PoolState:
         for slot in self.idle:
             if now >= slot.expires_at:
                 plan.close.append(slot)
-                self.expired += 1
+                plan.expired += 1
             else:
                 keep.append(slot)
         # Reap from the bottom of the stack (the coldest) while above minconn.
@@ -607,6 +609,8 @@ class PoolState:
                 break  # the stack is ordered by last_used: everything above is younger
             reaped += 1
         plan.close.extend(keep[:reaped])
+        plan.reaped = reaped
+        self.expired += plan.expired
         self.idle_reaped += reaped
         self.idle = keep[reaped:]
         self.connections_closed += len(plan.close)

@@ -124,7 +124,7 @@ def test_lifecycle_events_are_logged_at_debug_and_the_fast_path_is_not(
     pool.maintain()
     pool.closeall()
     text = caplog.text
-    assert "closing 2 idle connection(s)" in text and "closed" in text
+    assert "closing 2 idle connection(s): 2 reaped" in text and "closed" in text
     everything = [r.getMessage() for r in caplog.records]
     assert all(secret not in line for line in everything)
 
