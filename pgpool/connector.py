@@ -25,12 +25,9 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .bell import Bell
-
-if TYPE_CHECKING:
-    from .threaded import ThreadedConnectionPool
 
 logger = logging.getLogger("pgpool")
 
@@ -38,10 +35,22 @@ logger = logging.getLogger("pgpool")
 PAUSE_AFTER_ERROR = 1.0
 
 
+class ConnectorPool(Protocol):
+    """What the connector needs of its pool (a ThreadedConnectionPool): a name for its
+    thread and its logs, the lock its bell is rung under, and the round to run."""
+
+    @property
+    def name(self) -> str: ...
+
+    _lock: threading.Lock
+
+    def _connector_round(self) -> float | None: ...
+
+
 class Connector:
     """The thread; what it does each round is `ThreadedConnectionPool._connector_round`."""
 
-    def __init__(self, pool: ThreadedConnectionPool, bell: Bell) -> None:
+    def __init__(self, pool: ConnectorPool, bell: Bell) -> None:
         self._thread = threading.Thread(
             target=_run,
             args=(weakref.ref(pool), bell),
@@ -64,7 +73,7 @@ def _ring(lock: threading.Lock, bell: Bell) -> None:
         bell.ring()
 
 
-def _run(pool_ref: weakref.ref[ThreadedConnectionPool], bell: Bell) -> None:
+def _run(pool_ref: weakref.ref[ConnectorPool], bell: Bell) -> None:
     while True:
         pool = pool_ref()
         if pool is None:
