@@ -8,8 +8,9 @@ Change the import and keep your code::
 Where to read next:
 
 - `threaded.py`: the two pools, and who opens connections for callers that wait;
-- `pool.py`: the lock and every step that talks to the server (checkout, return,
-  maintenance, the lifecycle methods);
+- `pool.py`: the psycopg2.pool API and the lifecycle methods, and every step of a
+  checkout and a return; it stands on `maintenance.py` (reaping, expiry, reclaims,
+  refills) and `base.py` (the settings, the state and its lock, opening a connection);
 - `state.py`: the bookkeeping, its invariants, and every state transition;
 - `connector.py` and `bell.py`: the Threaded pool's one background thread, and how it sleeps;
 - `connection.py` and `watchdog.py`: what is done to a connection (clean, ping, cancel), and

@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .pool import AbstractConnectionPool, live_pools
+from .base import PoolBase, live_pools
+from .pool import AbstractConnectionPool
 from .stats import COUNTERS
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class PoolCollector:
         # Imported here: pgpool.metrics can be imported (and type-checked) without it.
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        pools = live_pools() if self._pools is None else self._pools
+        pools: list[PoolBase] = live_pools() if self._pools is None else [*self._pools]
         snapshots = [pool.stats() for pool in pools if not pool.closed]
         labels = ["pool"]
         connections = GaugeMetricFamily(

@@ -1,4 +1,4 @@
-"""`AbstractConnectionPool`: the pool's lock, and every step that talks to the server.
+"""`AbstractConnectionPool`: the psycopg2.pool API, and the steps of a checkout and a return.
 
 How a request flows (the numbers refer to the comments in `getconn`):
 
@@ -11,59 +11,41 @@ How a request flows (the numbers refer to the comments in `getconn`):
 idle stack (one short critical section); one that needs a rollback, a session reset or the
 user's `reset` callback is parked in `returning`, cleaned outside the lock, then kept or
 closed. Decisions live in `state.py`; this module does locking and I/O, in that order.
+
+The lifecycle methods (`open`, `wait`, `check`, `resize`, `closeall`) are here too. The
+layers below: `maintenance.py` (reaping, expiry, reclaims, refills) and `base.py` (the
+settings, the state and its lock, `_record`, opening a connection, errors, fork).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import logging
-import math
-import os
-import random
 import sys
-import threading
 import time
 import traceback
-import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
-import psycopg2
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INERROR
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 
 from . import connection as conn_ops
-from . import watchdog
-from .errors import PoolClosed, PoolError, PoolTimeout
-from .options import PoolOptions, check_timeout
-from .state import LIFETIME_JITTER, PoolState, Reservation, Slot, Waiter, same_key
-from .stats import PoolStats
+from .base import NOW, PING_TIMEOUT, PING_TIMEOUT_MIN
+from .errors import PoolClosed, PoolTimeout
+from .maintenance import PoolMaintenance
+from .options import check_timeout
+from .state import Slot, Waiter, same_key
 
 logger = logging.getLogger("pgpool")
-T = TypeVar("T")
-NOW = object()  # see _record
 
-# A health-check ping gets what the caller has left of its deadline, within these bounds:
-# a caller with timeout=0 still gets its connection checked, and one with a 30 s deadline
-# does not spend it all on a server that has gone silent.
 # How often closeall(timeout=...) and wait() look again (a startup or shutdown path, not
 # the checkout's: a poll keeps it simple).
 DRAIN_POLL = 0.01
-PING_TIMEOUT = 5.0
-PING_TIMEOUT_MIN = 1.0
-
-_pool_numbers = itertools.count(1)
-_live_pools: weakref.WeakSet[AbstractConnectionPool] = weakref.WeakSet()
-
-
-def live_pools() -> list[AbstractConnectionPool]:
-    """Every pool of this process that has not been garbage-collected (for metrics)."""
-    return list(_live_pools)
 
 
 @dataclass(slots=True)
@@ -75,7 +57,7 @@ class Checkout:
     vetted: bool = False  # just opened, or a sticky key's repeat: no health check needed
 
 
-class AbstractConnectionPool:
+class AbstractConnectionPool(PoolMaintenance):
     """A pool of psycopg2 connections; see `ThreadedConnectionPool` for the one to use.
 
     `minconn`, `maxconn`, `*args` and `**kwargs` mean what they mean in psycopg2.pool: the
@@ -84,96 +66,7 @@ class AbstractConnectionPool:
     documented in `PoolOptions` and the README.
     """
 
-    _default_timeout = 30.0
-
-    def __init__(
-        self,
-        minconn: int,
-        maxconn: int,
-        *args: Any,
-        timeout: float | None = None,
-        max_waiting: int = 0,
-        max_idle: float = 600.0,
-        max_lifetime: float = 3600.0,
-        max_lease: float | None = None,
-        health_check_after: float = 0.5,
-        max_connecting: int = 2,
-        maintenance_interval: float | None = 1.0,
-        reconnect_timeout: float = 300.0,
-        reconnect_failed: Callable[[Any], object] | None = None,
-        reset: Callable[[Any], object] | None = None,
-        configure: Callable[[Any], object] | None = None,
-        name: str | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        connector: Callable[..., Any] = psycopg2.connect,
-        open: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        self._options = PoolOptions(
-            minconn=minconn,
-            maxconn=maxconn,
-            timeout=self._default_timeout if timeout is None else timeout,
-            max_waiting=max_waiting,
-            max_idle=max_idle,
-            max_lifetime=max_lifetime,
-            max_lease=max_lease,
-            health_check_after=health_check_after,
-            max_connecting=max_connecting,
-            maintenance_interval=maintenance_interval,
-            reconnect_timeout=reconnect_timeout,
-            reconnect_failed=reconnect_failed,
-            reset=reset,
-            configure=configure,
-            name=f"pgpool-{next(_pool_numbers)}" if name is None else name,
-            clock=clock,
-            connector=connector,
-        )
-        # Connection arguments: kept to open connections, never shown (they may hold a password).
-        self._args = args
-        self._kwargs = kwargs
-        self._clock = clock
-        # The one lock. It guards self._state and nothing else; it is never held during I/O.
-        self._lock = threading.Lock()
-        # open=False: created, not opened (no connection, no thread) until open() is called.
-        # Until then the pool is closed to callers, with an error that says to open it.
-        self._opened = open
-        self._state = PoolState(self._options, closed=not open)
-        # Connections taken back after max_lease: returning one later is harmless, not misuse.
-        self._reclaimed: weakref.WeakSet[Any] = weakref.WeakSet()
-        # When a Simple pool next runs maintenance from its own calls (never, without interval).
-        no_maintenance = self._options.maintenance_interval is None
-        self._next_maintenance = math.inf if no_maintenance else 0.0
-        # Copies of options read on every checkout, to keep the fast path short. A pool that
-        # tracks leases records where each one was taken: none skips _vet_or_retry then.
-        self._check_after = self._options.health_check_after
-        if self._options.max_lease is not None:
-            self._check_after = -math.inf
-        # Whether getconn's fast path queues a caller that finds nothing idle: only with a
-        # background connector (set by ThreadedConnectionPool) and a pool timeout above 0.
-        self._queue_at_once = False
-        self._track_leases = self._options.max_lease is not None
-        self._reset = self._options.reset
-        if open:
-            self._open_initial()
-        _live_pools.add(self)
-
     # -- the psycopg2.pool API ------------------------------------------------------------
-
-    @property
-    def minconn(self) -> int:
-        return self._options.minconn
-
-    @property
-    def maxconn(self) -> int:
-        return self._options.maxconn
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
-
-    @property
-    def name(self) -> str:
-        return self._options.name
 
     def getconn(self, key: Hashable | None = None, timeout: float | None = None) -> Connection:
         """Check out a connection, waiting up to `timeout` seconds (default: the pool's).
@@ -479,67 +372,6 @@ class AbstractConnectionPool:
             with contextlib.suppress(PoolClosed):
                 self.putconn(conn)
 
-    def stats(self) -> PoolStats:
-        """A consistent, frozen snapshot of the pool's gauges and counters."""
-        with self._lock:
-            return self._state.snapshot()
-
-    def pop_stats(self) -> PoolStats:
-        """Like `stats()`, and set the counters back to zero in the same step: what a
-        metrics exporter that reports per-interval deltas reads. Gauges are not affected."""
-        with self._lock:
-            return self._state.snapshot(reset=True)
-
-    def maintain(self) -> None:
-        """Run one maintenance pass now: close idle connections past `max_idle` (above
-        `minconn`) or past `max_lifetime`, reclaim leases past `max_lease`, and refill to
-        `minconn`. The background thread (or, for a Simple pool, its own calls) does this
-        every `maintenance_interval`; call it yourself only to force it."""
-        self._probe_idle()
-        with self._lock:
-            if self._state.closed:
-                return
-            now = self._clock()
-            plan = self._state.plan_maintenance(now)
-            # Under the same lock as the lease ends: from now on the borrower's putconn of a
-            # reclaimed connection is harmless, whenever it comes.
-            for slot in plan.reclaimed:
-                self._reclaimed.add(slot.conn)
-        if plan.close:
-            logger.debug(
-                "pool %r: closing %d idle connection(s): %d reaped (idle past max_idle), "
-                "%d expired (past max_lifetime)",
-                self.name, len(plan.close), plan.reaped, plan.expired,
-            )  # fmt: skip
-        for slot in plan.close:
-            conn_ops.close_quietly(slot.conn)
-        for slot in plan.reclaimed:
-            self._reclaim(slot, now)
-        self._refill()  # after the reclaims: their slots are free only once they are closed
-
-    def _refill(self, fail: bool = False, until_full: bool = False) -> None:
-        """Open connections up to minconn, one at a time: one round of at most
-        `max_connecting` (a maintenance pass), or rounds until minconn is reached
-        (`until_full`: open, check, resize). With `fail`, the first connect error is raised
-        (after the back-off has recorded it)."""
-        state = self._state
-        while True:
-            reservation = Reservation()  # before reserving: see Reservation
-            try:
-                with self._lock:
-                    if not state.closed:
-                        state.reserve_refills(self._clock(), reservation)
-                if not reservation.left:
-                    return
-                while reservation.left:
-                    if not self._refill_one(reservation, fail):
-                        return  # failed: the back-off decides when to try again
-            finally:
-                if reservation.left:
-                    self._record(state.release, reservation, NOW)
-            if not until_full:
-                return
-
     def __enter__(self) -> AbstractConnectionPool:
         return self
 
@@ -551,20 +383,6 @@ class AbstractConnectionPool:
     ) -> None:
         if not self.closed:
             self.closeall()
-
-    def __repr__(self) -> str:
-        # No lock: a repr must never block (it may be called while logging), and these reads
-        # are each atomic. Never the DSN: it may hold a password.
-        s = self._state
-        if s.closed:
-            counts = "closed"
-        else:
-            counts = (
-                f"idle {len(s.idle)}, in use {s.in_use}, connecting {s.connecting}, "
-                f"waiting {len(s.waiters)}"
-            )
-        sizes = f"min {self.minconn}, max {self.maxconn}"
-        return f"<{type(self).__name__} {self.name!r} [{counts} | {sizes}]>"
 
     # -- step 1: under the lock -----------------------------------------------------------
 
@@ -663,37 +481,6 @@ class AbstractConnectionPool:
             raise self._closed_error()
         return slot
 
-    def _open_slot(self) -> Slot:
-        """Connect, run `configure`, and record the session defaults to restore on return."""
-        options = self._options
-        started = time.perf_counter()
-        conn = conn_ops.connect(options.connector, self._args, self._kwargs)
-        logger.debug(
-            "pool %r: opened a connection in %.1f ms",
-            self.name,
-            1e3 * (time.perf_counter() - started),
-        )
-        try:
-            if options.configure is not None:
-                options.configure(conn)
-                status = conn.get_transaction_status()
-                if status == TRANSACTION_STATUS_INERROR:
-                    # A commit now would silently roll back every SET configure made.
-                    raise PoolError(
-                        f"pool {self.name!r}: the configure callback left the connection in a "
-                        "failed transaction (a statement in it raised), so what it set would "
-                        "be rolled back; catch the error in configure or roll back yourself"
-                    )
-                if status != TRANSACTION_STATUS_IDLE:
-                    conn.commit()  # so what configure SET lasts, and the connection is idle
-            defaults = conn_ops.session_defaults(conn)
-        except BaseException:
-            conn_ops.close_quietly(conn)
-            raise
-        now = self._clock()
-        lifetime = options.max_lifetime * random.uniform(LIFETIME_JITTER, 1.0)
-        return Slot(conn, now, now + lifetime, defaults, conn.encoding, last_used=now)
-
     def _still_good(self, slot: Slot, deadline: float) -> bool:
         """Vet a connection taken from the idle stack; drop it if it expired or died."""
         now = slot.leased_at
@@ -739,197 +526,3 @@ class AbstractConnectionPool:
             conn_ops.close_quietly(conn)
         if interrupted is not None:
             raise interrupted
-
-    def _open_initial(self) -> None:
-        """Open `minconn` connections before the pool is shared: fail fast if we cannot."""
-        slots: list[Slot] = []
-        try:
-            for _ in range(self.minconn):
-                slots.append(self._open_slot())
-        except BaseException:
-            for slot in slots:
-                conn_ops.close_quietly(slot.conn)
-            raise
-        self._state.opened_initial(slots)
-
-    def _refill_one(self, reservation: Reservation, fail: bool = False) -> bool:
-        """Open one connection for a slot of `reservation`. On failure, release all of it
-        (the back-off decides when to try again) and return False."""
-        state = self._state
-        try:
-            slot = self._open_slot()
-        except BaseException as error:
-            if not fail:  # else open() of a Simple pool: the caller gets the driver's error
-                error.__traceback__ = None  # nobody raises it again: keep no frames alive
-            self._connect_failed(error, reservation)
-            if fail or not isinstance(error, Exception):
-                raise
-            # An outage is a few lines, not one per attempt (the back-off makes ~8 in its
-            # first second): the first failure of a run is a warning, the retries DEBUG,
-            # and reconnect_timeout's warning repeats for as long as it lasts.
-            failures = state.connect_failures  # read without the lock: only for the log
-            level = logging.WARNING if failures <= 1 else logging.DEBUG
-            logger.log(level, "pool %r: could not open a connection: %s", self.name, error)
-            logger.debug(
-                "pool %r: %d connect(s) failed in a row; backing off until t=%.3f",
-                self.name, failures, state.next_connect_at,
-            )  # fmt: skip
-            return False
-        failures = state.connect_failures  # read without the lock: only for the log line
-        if failures:
-            logger.info("pool %r: connected again after %d failed connect(s)", self.name, failures)
-        if not self._record(state.connected_idle, slot, NOW, reservation):
-            conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
-            return False
-        return True
-
-    def _connect_failed(self, error: BaseException, reservation: Reservation | None = None) -> None:
-        """Record a failed connect (the back-off starts or grows). Once connects have been
-        failing for `reconnect_timeout`, say so, and call `reconnect_failed(pool)`: here,
-        outside the lock, in whichever thread connected (the connector, or a caller)."""
-        if not self._record(self._state.connect_failed, error, NOW, reservation):
-            return
-        options = self._options
-        logger.warning(
-            "pool %r: connects have been failing for reconnect_timeout (%s s); last error: %s",
-            self.name, options.reconnect_timeout, error,
-        )  # fmt: skip
-        if options.reconnect_failed is not None:
-            try:
-                options.reconnect_failed(self)
-            except Exception:  # the application's code: it must not stop the pool's retries
-                logger.exception("pool %r: the reconnect_failed callback raised", self.name)
-
-    def _reclaim(self, slot: Slot, now: float) -> None:
-        """Close a connection whose lease ran past max_lease; its slot is freed only after.
-
-        The server cancels the forgotten borrower's query first, so its backend ends with
-        the connection instead of running on past maxconn. psycopg2's close() waits for a
-        query running on the connection, which would stall maintenance for as long as the
-        query runs: cut the socket next (the borrower's call fails at once), then close.
-        """
-        try:
-            self._log_reclaim(slot, now)
-            conn_ops.cancel_quietly(slot.conn, PING_TIMEOUT)
-            watchdog.cut(slot.conn)
-            conn_ops.close_quietly(slot.conn)
-        finally:
-            self._record(self._state.end_reclaim, slot, NOW)
-
-    def _log_reclaim(self, slot: Slot, now: float) -> None:
-        stack = "".join(slot.lease_stack.format()) if slot.lease_stack else "(not recorded)\n"
-        logger.warning(
-            "pool %r: reclaiming a connection checked out %.1f s ago and never returned "
-            "(max_lease=%s s); getconn was called from:\n%s",
-            self.name,
-            now - slot.leased_at,
-            self._options.max_lease,
-            stack,
-        )
-
-    def _probe_idle(self) -> None:
-        """Find idle connections the server has dropped (after a restart, say) without a
-        round trip: only those whose socket turned readable are pinged, outside the lock,
-        while parked in `returning` so nobody can check them out meanwhile."""
-        with self._lock:
-            idle = {slot.conn.fileno(): slot for slot in self._state.idle if not slot.conn.closed}
-        suspects = [idle[fd] for fd in conn_ops.readable(list(idle))] if idle else []
-        if not suspects:
-            return
-        with self._lock:
-            suspects = self._state.park_idle(suspects, self._clock())
-        for slot in suspects:
-            alive = False
-            try:
-                alive = conn_ops.ping(slot.conn, PING_TIMEOUT)
-            finally:
-                state = self._state
-                why = None if alive else "failed check"
-                alive = self._record(state.end_return, slot, NOW, alive, why)
-                if not alive:
-                    conn_ops.close_quietly(slot.conn)
-
-    def _maintain_inline(self, now: float) -> None:
-        """A Simple pool's maintenance, run from its own calls once `_next_maintenance` is due
-        (which stays at infinity when maintenance_interval is None)."""
-        self._next_maintenance = now + (self._options.maintenance_interval or math.inf)
-        self.maintain()
-
-    def _record(self, transition: Callable[..., T], *args: Any) -> T:
-        """Run `transition(*args)` under the lock to record the outcome of I/O just done;
-        an argument `NOW` is replaced with the clock, read under the lock.
-
-        It must not be lost: a connect that succeeded or failed, a connection cleaned,
-        would otherwise leave its slot reserved forever. So an exception that arrives while
-        this thread waits for the lock (a KeyboardInterrupt from a signal handler) is held
-        back until the transition has run, then raised. One the transition itself raises
-        is raised at once (it is a bug; running it again could count twice).
-        """
-        interrupted: BaseException | None = None
-        done = False
-        while not done:
-            ran = False
-            try:
-                with self._lock:
-                    ran = True
-                    result = transition(*[self._clock() if a is NOW else a for a in args])
-                    done = True
-            except BaseException as exc:
-                if ran and not done:
-                    raise
-                interrupted = interrupted or exc
-        if interrupted is not None:
-            raise interrupted
-        return result
-
-    # -- errors ---------------------------------------------------------------------------
-
-    def _closed_error(self) -> PoolClosed:
-        if not self._opened:
-            return PoolClosed(f"pool {self.name!r} is not open yet: call pool.open() first")
-        return PoolClosed(f"connection pool is closed ({self.name!r})")
-
-    def _timeout_error(self, waited: float, timeout: float) -> PoolTimeout:
-        """The PoolTimeout for a caller that waited `waited` s (built under the lock, so it
-        logs nothing: getconn logs it once the lock is released)."""
-        s = self._state
-        what = "connection pool exhausted" if timeout <= 0 else "timed out waiting for a connection"
-        message = (
-            f"{what}: pool {self.name!r} waited {waited:.3f} s (timeout {timeout:g} s); "
-            f"{s.in_use} in use, {s.connecting} connecting, maxconn {self.maxconn}"
-        )
-        error = s.last_connect_error
-        if error is not None and s.connect_failures:
-            # Say why nothing came: the connects are failing. The driver's error (already
-            # scrubbed of passwords) is also the timeout's __cause__, so a traceback shows it.
-            message += f"; the last connect failed: {type(error).__name__}: {error}"
-            timeout_error = PoolTimeout(message)
-            timeout_error.__cause__ = error
-            return timeout_error
-        return PoolTimeout(message)
-
-    # -- fork -----------------------------------------------------------------------------
-
-    def _after_fork_in_child(self) -> None:
-        """In a forked child: forget the parent's connections without touching its sockets."""
-        self._lock = threading.Lock()
-        old = self._state
-        devnull = os.open(os.devnull, os.O_RDWR)
-        try:
-            for slot in [*old.idle, *old.leased.values(), *old.returning.values()]:
-                conn_ops.disown(slot.conn, devnull)
-        finally:
-            os.close(devnull)
-        self._state = PoolState(self._options, closed=old.closed)
-        self._reclaimed = weakref.WeakSet()
-        if self._options.maintenance_interval is not None:
-            self._next_maintenance = 0.0
-
-
-def _reinit_pools_after_fork() -> None:
-    watchdog.reinit_after_fork()
-    for pool in list(_live_pools):
-        pool._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reinit_pools_after_fork)

@@ -18,9 +18,10 @@ from typing import Any
 
 from psycopg2.extensions import connection as Connection
 
+from .base import NOW
 from .bell import Bell
 from .connector import Connector
-from .pool import NOW, AbstractConnectionPool
+from .pool import AbstractConnectionPool
 from .state import Reservation
 
 logger = logging.getLogger("pgpool")

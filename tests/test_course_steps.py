@@ -244,7 +244,9 @@ def test_chapter_7_reads_pgpool_as_it_is() -> None:
     import threading
 
     import pgpool
+    import pgpool.base
     import pgpool.connection
+    import pgpool.maintenance
     import pgpool.options
     import pgpool.pool
     import pgpool.state
@@ -259,6 +261,8 @@ def test_chapter_7_reads_pgpool_as_it_is() -> None:
         pgpool,
         pgpool.state,
         pgpool.pool,
+        pgpool.base,
+        pgpool.maintenance,
         pgpool.connection,
         pgpool.watchdog,
         pgpool.options,

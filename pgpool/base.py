@@ -1,0 +1,302 @@
+"""`PoolBase`: what every part of a pool stands on.
+
+A pool's settings (`PoolOptions`), its bookkeeping (`PoolState`) and the one lock that
+guards it; `_record`, the one way the outcome of I/O done without the lock gets back into
+the bookkeeping; opening one connection (`_open_slot`); the errors the pool raises; the
+snapshot (`stats`); and what a forked child does with its parent's pool.
+
+The pool is built in three layers, each a module: this one; `maintenance.py`, which keeps
+the pool healthy between requests; and `pool.py`, the psycopg2.pool API and the lifecycle
+methods, with the checkout and return paths. Each layer uses only the ones below it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg2
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INERROR
+
+from . import connection as conn_ops
+from . import watchdog
+from .errors import PoolClosed, PoolError, PoolTimeout
+from .options import PoolOptions
+from .state import LIFETIME_JITTER, PoolState, Slot
+from .stats import PoolStats
+
+logger = logging.getLogger("pgpool")
+T = TypeVar("T")
+NOW = object()  # see PoolBase._record
+
+# A health-check ping gets what the caller has left of its deadline, within these bounds:
+# a caller with timeout=0 still gets its connection checked, and one with a 30 s deadline
+# does not spend it all on a server that has gone silent.
+PING_TIMEOUT = 5.0
+PING_TIMEOUT_MIN = 1.0
+
+_pool_numbers = itertools.count(1)
+_live_pools: weakref.WeakSet[PoolBase] = weakref.WeakSet()
+
+
+def live_pools() -> list[PoolBase]:
+    """Every pool of this process that has not been garbage-collected (for metrics)."""
+    return list(_live_pools)
+
+
+class PoolBase:
+    """The settings, the state, the lock, and the plumbing every other layer uses.
+
+    Not a pool to use by itself: `AbstractConnectionPool` (pool.py) is the psycopg2.pool
+    API built on it, and `ThreadedConnectionPool` the one to use.
+    """
+
+    _default_timeout = 30.0
+
+    def __init__(
+        self,
+        minconn: int,
+        maxconn: int,
+        *args: Any,
+        timeout: float | None = None,
+        max_waiting: int = 0,
+        max_idle: float = 600.0,
+        max_lifetime: float = 3600.0,
+        max_lease: float | None = None,
+        health_check_after: float = 0.5,
+        max_connecting: int = 2,
+        maintenance_interval: float | None = 1.0,
+        reconnect_timeout: float = 300.0,
+        reconnect_failed: Callable[[Any], object] | None = None,
+        reset: Callable[[Any], object] | None = None,
+        configure: Callable[[Any], object] | None = None,
+        name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        connector: Callable[..., Any] = psycopg2.connect,
+        open: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self._options = PoolOptions(
+            minconn=minconn,
+            maxconn=maxconn,
+            timeout=self._default_timeout if timeout is None else timeout,
+            max_waiting=max_waiting,
+            max_idle=max_idle,
+            max_lifetime=max_lifetime,
+            max_lease=max_lease,
+            health_check_after=health_check_after,
+            max_connecting=max_connecting,
+            maintenance_interval=maintenance_interval,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
+            reset=reset,
+            configure=configure,
+            name=f"pgpool-{next(_pool_numbers)}" if name is None else name,
+            clock=clock,
+            connector=connector,
+        )
+        # Connection arguments: kept to open connections, never shown (they may hold a password).
+        self._args = args
+        self._kwargs = kwargs
+        self._clock = clock
+        # The one lock. It guards self._state and nothing else; it is never held during I/O.
+        self._lock = threading.Lock()
+        # open=False: created, not opened (no connection, no thread) until open() is called.
+        # Until then the pool is closed to callers, with an error that says to open it.
+        self._opened = open
+        self._state = PoolState(self._options, closed=not open)
+        # Connections taken back after max_lease: returning one later is harmless, not misuse.
+        self._reclaimed: weakref.WeakSet[Any] = weakref.WeakSet()
+        # When a Simple pool next runs maintenance from its own calls (never, without interval).
+        no_maintenance = self._options.maintenance_interval is None
+        self._next_maintenance = math.inf if no_maintenance else 0.0
+        # Copies of options read on every checkout, to keep the fast path short. A pool that
+        # tracks leases records where each one was taken: none skips _vet_or_retry then.
+        self._check_after = self._options.health_check_after
+        if self._options.max_lease is not None:
+            self._check_after = -math.inf
+        # Whether getconn's fast path queues a caller that finds nothing idle: only with a
+        # background connector (set by ThreadedConnectionPool) and a pool timeout above 0.
+        self._queue_at_once = False
+        self._track_leases = self._options.max_lease is not None
+        self._reset = self._options.reset
+        if open:
+            self._open_initial()
+        _live_pools.add(self)
+
+    # -- the attributes psycopg2.pool has --------------------------------------------------
+
+    @property
+    def minconn(self) -> int:
+        return self._options.minconn
+
+    @property
+    def maxconn(self) -> int:
+        return self._options.maxconn
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    @property
+    def name(self) -> str:
+        return self._options.name
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """A consistent, frozen snapshot of the pool's gauges and counters."""
+        with self._lock:
+            return self._state.snapshot()
+
+    def pop_stats(self) -> PoolStats:
+        """Like `stats()`, and set the counters back to zero in the same step: what a
+        metrics exporter that reports per-interval deltas reads. Gauges are not affected."""
+        with self._lock:
+            return self._state.snapshot(reset=True)
+
+    def __repr__(self) -> str:
+        # No lock: a repr must never block (it may be called while logging), and these reads
+        # are each atomic. Never the DSN: it may hold a password.
+        s = self._state
+        if s.closed:
+            counts = "closed"
+        else:
+            counts = (
+                f"idle {len(s.idle)}, in use {s.in_use}, connecting {s.connecting}, "
+                f"waiting {len(s.waiters)}"
+            )
+        sizes = f"min {self.minconn}, max {self.maxconn}"
+        return f"<{type(self).__name__} {self.name!r} [{counts} | {sizes}]>"
+
+    # -- opening a connection, recording an outcome ---------------------------------------
+
+    def _open_slot(self) -> Slot:
+        """Connect, run `configure`, and record the session defaults to restore on return."""
+        options = self._options
+        started = time.perf_counter()
+        conn = conn_ops.connect(options.connector, self._args, self._kwargs)
+        logger.debug(
+            "pool %r: opened a connection in %.1f ms",
+            self.name,
+            1e3 * (time.perf_counter() - started),
+        )
+        try:
+            if options.configure is not None:
+                options.configure(conn)
+                status = conn.get_transaction_status()
+                if status == TRANSACTION_STATUS_INERROR:
+                    # A commit now would silently roll back every SET configure made.
+                    raise PoolError(
+                        f"pool {self.name!r}: the configure callback left the connection in a "
+                        "failed transaction (a statement in it raised), so what it set would "
+                        "be rolled back; catch the error in configure or roll back yourself"
+                    )
+                if status != TRANSACTION_STATUS_IDLE:
+                    conn.commit()  # so what configure SET lasts, and the connection is idle
+            defaults = conn_ops.session_defaults(conn)
+        except BaseException:
+            conn_ops.close_quietly(conn)
+            raise
+        now = self._clock()
+        lifetime = options.max_lifetime * random.uniform(LIFETIME_JITTER, 1.0)
+        return Slot(conn, now, now + lifetime, defaults, conn.encoding, last_used=now)
+
+    def _open_initial(self) -> None:
+        """Open `minconn` connections before the pool is shared: fail fast if we cannot."""
+        slots: list[Slot] = []
+        try:
+            for _ in range(self.minconn):
+                slots.append(self._open_slot())
+        except BaseException:
+            for slot in slots:
+                conn_ops.close_quietly(slot.conn)
+            raise
+        self._state.opened_initial(slots)
+
+    def _record(self, transition: Callable[..., T], *args: Any) -> T:
+        """Run `transition(*args)` under the lock to record the outcome of I/O just done;
+        an argument `NOW` is replaced with the clock, read under the lock.
+
+        It must not be lost: a connect that succeeded or failed, a connection cleaned,
+        would otherwise leave its slot reserved forever. So an exception that arrives while
+        this thread waits for the lock (a KeyboardInterrupt from a signal handler) is held
+        back until the transition has run, then raised. One the transition itself raises
+        is raised at once (it is a bug; running it again could count twice).
+        """
+        interrupted: BaseException | None = None
+        done = False
+        while not done:
+            ran = False
+            try:
+                with self._lock:
+                    ran = True
+                    result = transition(*[self._clock() if a is NOW else a for a in args])
+                    done = True
+            except BaseException as exc:
+                if ran and not done:
+                    raise
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
+        return result
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _closed_error(self) -> PoolClosed:
+        if not self._opened:
+            return PoolClosed(f"pool {self.name!r} is not open yet: call pool.open() first")
+        return PoolClosed(f"connection pool is closed ({self.name!r})")
+
+    def _timeout_error(self, waited: float, timeout: float) -> PoolTimeout:
+        """The PoolTimeout for a caller that waited `waited` s (built under the lock, so it
+        logs nothing: getconn logs it once the lock is released)."""
+        s = self._state
+        what = "connection pool exhausted" if timeout <= 0 else "timed out waiting for a connection"
+        message = (
+            f"{what}: pool {self.name!r} waited {waited:.3f} s (timeout {timeout:g} s); "
+            f"{s.in_use} in use, {s.connecting} connecting, maxconn {self.maxconn}"
+        )
+        error = s.last_connect_error
+        if error is not None and s.connect_failures:
+            # Say why nothing came: the connects are failing. The driver's error (already
+            # scrubbed of passwords) is also the timeout's __cause__, so a traceback shows it.
+            message += f"; the last connect failed: {type(error).__name__}: {error}"
+            timeout_error = PoolTimeout(message)
+            timeout_error.__cause__ = error
+            return timeout_error
+        return PoolTimeout(message)
+
+    # -- fork -----------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's connections without touching its sockets."""
+        self._lock = threading.Lock()
+        old = self._state
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for slot in [*old.idle, *old.leased.values(), *old.returning.values()]:
+                conn_ops.disown(slot.conn, devnull)
+        finally:
+            os.close(devnull)
+        self._state = PoolState(self._options, closed=old.closed)
+        self._reclaimed = weakref.WeakSet()
+        if self._options.maintenance_interval is not None:
+            self._next_maintenance = 0.0
+
+
+def _reinit_pools_after_fork() -> None:
+    watchdog.reinit_after_fork()
+    for pool in list(_live_pools):
+        pool._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reinit_pools_after_fork)
