@@ -3,8 +3,9 @@
 This module is the pool's brain with no hands: `PoolState` decides, and never does I/O,
 never sleeps, never takes a lock. Every method is a *transition* and must be called with
 the pool's lock held (see `base.py`, which owns the lock, and `pool.py` and
-`maintenance.py`, which do all the talking to the server after releasing it). Keeping decisions here and I/O there is what guarantees that
-connect, close and rollback never happen under the lock: this module cannot do them.
+`maintenance.py`, which do all the talking to the server after releasing it). Keeping
+decisions here and I/O there is what guarantees that connect, close and rollback never
+happen under the lock: this module cannot do them.
 
 A connection's life, as the states it moves through::
 
