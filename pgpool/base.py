@@ -1,9 +1,12 @@
 """`PoolBase`: what every part of a pool stands on.
 
-A pool's settings (`PoolOptions`), its bookkeeping (`PoolState`) and the one lock that
-guards it; `_record`, the one way the outcome of I/O done without the lock gets back into
-the bookkeeping; opening one connection (`_open_slot`); the errors the pool raises; the
-snapshot (`stats`); and what a forked child does with its parent's pool.
+The constructor of every pool (`PoolBase.__init__`: the upper layers have none), with the
+attributes psycopg2.pool has; a pool's settings (`PoolOptions`), its bookkeeping
+(`PoolState`) and the one lock that guards it; `_record`, the one way the outcome of I/O
+done without the lock gets back into the bookkeeping; opening one connection
+(`_open_slot`) and the first `minconn` (`_open_initial`); the errors the pool raises; the
+snapshot (`stats`); the process's live pools (`live_pools`, read by metrics.py and by the
+fork handler); and what a forked child does with its parent's pool.
 
 The pool is built in three layers, each a module: this one; `maintenance.py`, which keeps
 the pool healthy between requests; and `pool.py`, the psycopg2.pool API and the lifecycle
@@ -37,9 +40,11 @@ logger = logging.getLogger("pgpool")
 T = TypeVar("T")
 NOW = object()  # see PoolBase._record
 
-# A health-check ping gets what the caller has left of its deadline, within these bounds:
-# a caller with timeout=0 still gets its connection checked, and one with a 30 s deadline
-# does not spend it all on a server that has gone silent.
+# How long a ping (or a cancel) may take. Maintenance's idle probe and reclaims
+# (maintenance.py) and check() (pool.py) use PING_TIMEOUT. A checkout's health check
+# (_still_good, pool.py) gets what the caller has left of its deadline, within these
+# bounds: a caller with timeout=0 still gets its connection checked, and one with a 30 s
+# deadline does not spend it all on a server that has gone silent.
 PING_TIMEOUT = 5.0
 PING_TIMEOUT_MIN = 1.0
 
@@ -55,8 +60,11 @@ def live_pools() -> list[PoolBase]:
 class PoolBase:
     """The settings, the state, the lock, and the plumbing every other layer uses.
 
-    Not a pool to use by itself: `AbstractConnectionPool` (pool.py) is the psycopg2.pool
-    API built on it, and `ThreadedConnectionPool` the one to use.
+    Not a pool to use by itself: `PoolMaintenance` (maintenance.py) builds on it,
+    `AbstractConnectionPool` (pool.py) is the psycopg2.pool API built on both, and
+    `ThreadedConnectionPool` (threaded.py) the one to use. Its `__init__` is every pool's
+    constructor, so it also sets the attributes the layers above read (their comments say
+    where).
     """
 
     _default_timeout = 30.0
@@ -113,18 +121,23 @@ class PoolBase:
         # Until then the pool is closed to callers, with an error that says to open it.
         self._opened = open
         self._state = PoolState(self._options, closed=not open)
-        # Connections taken back after max_lease: returning one later is harmless, not misuse.
+        # Connections taken back after max_lease (maintenance.py's maintain adds them):
+        # returning one later is harmless, not misuse (pool.py's _put_stranger reads it).
         self._reclaimed: weakref.WeakSet[Any] = weakref.WeakSet()
-        # When a Simple pool next runs maintenance from its own calls (never, without interval).
+        # When maintenance next runs (never, without an interval): read by the connector's
+        # rounds and by a Simple pool's own calls (threaded.py; _maintain_inline, in
+        # maintenance.py, moves it on).
         no_maintenance = self._options.maintenance_interval is None
         self._next_maintenance = math.inf if no_maintenance else 0.0
-        # Copies of options read on every checkout, to keep the fast path short. A pool that
-        # tracks leases records where each one was taken: none skips _vet_or_retry then.
+        # Copies of options read on every checkout, to keep getconn's fast path (pool.py)
+        # short. A pool that tracks leases records where each one was taken: none skips
+        # _vet_or_retry (pool.py) then.
         self._check_after = self._options.health_check_after
         if self._options.max_lease is not None:
             self._check_after = -math.inf
-        # Whether getconn's fast path queues a caller that finds nothing idle: only with a
-        # background connector (set by ThreadedConnectionPool) and a pool timeout above 0.
+        # Whether getconn's fast path (pool.py) queues a caller that finds nothing idle:
+        # only with a background connector (set by ThreadedConnectionPool) and a pool
+        # timeout above 0.
         self._queue_at_once = False
         self._track_leases = self._options.max_lease is not None
         self._reset = self._options.reset
