@@ -8,6 +8,12 @@ runs it every `maintenance_interval`; a SimpleConnectionPool runs it from its ow
 
 As everywhere in the pool, `PoolState` decides under the lock (`plan_maintenance`,
 `reserve_refills`, `park_idle`) and this module does the I/O after releasing it.
+
+Two methods here serve more than maintenance. `_refill_one` is also how the connector
+opens a connection for the callers who wait (`ThreadedConnectionPool._connector_round`, in
+threaded.py): `PoolState.connected_idle` hands it to the oldest waiter. `_connect_failed`
+records every failed connect, a caller's own too (`_open_reserved`, in pool.py), and calls
+`reconnect_failed` once connects have been failing for `reconnect_timeout`.
 """
 
 from __future__ import annotations
@@ -24,13 +30,15 @@ logger = logging.getLogger("pgpool")
 
 
 class PoolMaintenance(PoolBase):
-    """Maintenance, refills and reclaims: the layer between `PoolBase` and the pool's API."""
+    """Maintenance, refills and reclaims: the layer between `PoolBase` (base.py) and the
+    pool's API (`AbstractConnectionPool`, pool.py)."""
 
     def maintain(self) -> None:
-        """Run one maintenance pass now: close idle connections past `max_idle` (above
-        `minconn`) or past `max_lifetime`, reclaim leases past `max_lease`, and refill to
-        `minconn`. The background thread (or, for a Simple pool, its own calls) does this
-        every `maintenance_interval`; call it yourself only to force it."""
+        """Run one maintenance pass now: ping the idle connections the server has dropped
+        (`_probe_idle`), close idle connections past `max_idle` (above `minconn`) or past
+        `max_lifetime`, reclaim leases past `max_lease`, and refill to `minconn`. The
+        background thread (or, for a Simple pool, its own calls) does this every
+        `maintenance_interval`; call it yourself only to force it."""
         self._probe_idle()
         with self._lock:
             if self._state.closed:

@@ -75,7 +75,9 @@ class ThreadedConnectionPool(AbstractConnectionPool):
                 retry = math.inf
         if connect:
             try:
-                self._refill_one(reservation)  # to the oldest waiter, or idle; or back-off
+                # _refill_one is in maintenance.py: it connects, then hands the connection to
+                # the oldest waiter, or puts it on the idle stack; or records a back-off
+                self._refill_one(reservation)
             except BaseException:  # from a callback (configure): no interrupt reaches here
                 logger.exception("pool %r: a connect failed", self.name)
             finally:
