@@ -1,9 +1,11 @@
 """`AbstractConnectionPool`: the psycopg2.pool API, and the steps of a checkout and a return.
 
-How a request flows (the numbers refer to the comments in `getconn`):
+How a request flows (the numbers are those of the "step 1" and "step 2" sections below;
+`getconn`'s fast path does both for the common case):
 
-1. Under the lock, take the hottest idle connection, or reserve a slot to open a new one,
-   or queue as a waiter and sleep until `PoolState.dispatch` serves you.
+1. Under the lock (`_checkout`), take the hottest idle connection, or reserve a slot to
+   open a new one, or queue as a waiter; a waiter then sleeps, without the lock, until
+   `PoolState.dispatch` serves it (`_await`).
 2. Release the lock. Only now do anything slow: open the connection, or ping one that has
    been idle a while. A dead one is dropped and the loop tries again within the deadline.
 
@@ -64,6 +66,9 @@ class AbstractConnectionPool(PoolMaintenance):
     pool keeps at least `minconn` and at most `maxconn` connections, each opened with
     `psycopg2.connect(*args, **kwargs)`. The keyword-only options are pgpool's own and are
     documented in `PoolOptions` and the README.
+
+    The constructor is `PoolBase.__init__` (base.py), as are `minconn`, `maxconn`, `closed`,
+    `name` and `stats()`; `maintain()` is `PoolMaintenance`'s (maintenance.py).
     """
 
     # -- the psycopg2.pool API ------------------------------------------------------------
