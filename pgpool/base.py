@@ -145,7 +145,7 @@ class PoolBase:
             self._open_initial()
         _live_pools.add(self)
 
-    # -- the attributes psycopg2.pool has --------------------------------------------------
+    # -- the attributes psycopg2.pool has, and pgpool's name ------------------------------
 
     @property
     def minconn(self) -> int:

@@ -263,7 +263,7 @@ class AbstractConnectionPool(PoolMaintenance):
                     conn_ops.close_quietly(slot.conn)
         logger.debug("pool %r closed", self.name)
 
-    # -- lifecycle: open later, wait, check, resize ----------------------------------------
+    # -- lifecycle: open later, wait, check, resize ---------------------------------------
 
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Open a pool created with ``open=False`` (in a pre-fork master, an app factory).
@@ -360,7 +360,7 @@ class AbstractConnectionPool(PoolMaintenance):
         )
         self._refill(until_full=True)
 
-    # -- pgpool additions -----------------------------------------------------------------
+    # -- pgpool additions: connection(), and the pool as a context manager ----------------
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[Connection]:
@@ -389,7 +389,7 @@ class AbstractConnectionPool(PoolMaintenance):
         if not self.closed:
             self.closeall()
 
-    # -- step 1: under the lock -----------------------------------------------------------
+    # -- step 1: under the lock, and a waiter's sleep without it --------------------------
 
     def _checkout(self, key: Hashable | None, wait: float, deadline: float | None) -> Checkout:
         """Lease an idle connection, or open one, or wait (`wait` seconds, or until the
@@ -471,7 +471,7 @@ class AbstractConnectionPool(PoolMaintenance):
             raise waiter.error
         return waiter.slot
 
-    # -- step 2: without the lock ---------------------------------------------------------
+    # -- step 2, and a return's cleaning: without the lock --------------------------------
 
     def _open_reserved(self, key: Hashable | None) -> Slot:
         """Open a connection into a slot reserved under the lock, and lease it to the caller."""
