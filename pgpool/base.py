@@ -4,7 +4,9 @@ The constructor of every pool (`PoolBase.__init__`: the upper layers have none),
 attributes psycopg2.pool has; a pool's settings (`PoolOptions`), its bookkeeping
 (`PoolState`) and the one lock that guards it; `_record`, the one way the outcome of I/O
 done without the lock gets back into the bookkeeping; opening one connection
-(`_open_slot`) and the first `minconn` (`_open_initial`); the errors the pool raises; the
+(`_open_slot`), the first `minconn` (`_open_initial`), and one more for a waiter or a
+refill, with the back-off and `reconnect_failed` when it fails (`_refill_one`,
+`_connect_failed`); the errors the pool raises; the
 snapshot (`stats`); the process's live pools (`live_pools`, read by metrics.py and by the
 fork handler); and what a forked child does with its parent's pool.
 
@@ -33,7 +35,7 @@ from . import connection as conn_ops
 from . import watchdog
 from .errors import PoolClosed, PoolError, PoolTimeout
 from .options import PoolOptions
-from .state import LIFETIME_JITTER, PoolState, Slot
+from .state import LIFETIME_JITTER, PoolState, Reservation, Slot
 from .stats import PoolStats
 
 logger = logging.getLogger("pgpool")
@@ -41,7 +43,7 @@ T = TypeVar("T")
 NOW = object()  # see PoolBase._record
 
 # How long a ping (or a cancel) may take. Maintenance's idle probe and reclaims
-# (maintenance.py) and check() (pool.py) use PING_TIMEOUT. A checkout's health check
+# and check() (maintenance.py) use PING_TIMEOUT. A checkout's health check
 # (_still_good, pool.py) gets what the caller has left of its deadline, within these
 # bounds: a caller with timeout=0 still gets its connection checked, and one with a 30 s
 # deadline does not spend it all on a server that has gone silent.
@@ -234,6 +236,54 @@ class PoolBase:
                 conn_ops.close_quietly(slot.conn)
             raise
         self._state.opened_initial(slots)
+
+    def _refill_one(self, reservation: Reservation, fail: bool = False) -> bool:
+        """Open one connection for a slot of `reservation`. On failure, release all of it
+        (the back-off decides when to try again) and return False."""
+        state = self._state
+        try:
+            slot = self._open_slot()
+        except BaseException as error:
+            if not fail:  # else open() of a Simple pool: the caller gets the driver's error
+                error.__traceback__ = None  # nobody raises it again: keep no frames alive
+            self._connect_failed(error, reservation)
+            if fail or not isinstance(error, Exception):
+                raise
+            # An outage is a few lines, not one per attempt (the back-off makes ~8 in its
+            # first second): the first failure of a run is a warning, the retries DEBUG,
+            # and reconnect_timeout's warning repeats for as long as it lasts.
+            failures = state.connect_failures  # read without the lock: only for the log
+            level = logging.WARNING if failures <= 1 else logging.DEBUG
+            logger.log(level, "pool %r: could not open a connection: %s", self.name, error)
+            logger.debug(
+                "pool %r: %d connect(s) failed in a row; backing off until t=%.3f",
+                self.name, failures, state.next_connect_at,
+            )  # fmt: skip
+            return False
+        failures = state.connect_failures  # read without the lock: only for the log line
+        if failures:
+            logger.info("pool %r: connected again after %d failed connect(s)", self.name, failures)
+        if not self._record(state.connected_idle, slot, NOW, reservation):
+            conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
+            return False
+        return True
+
+    def _connect_failed(self, error: BaseException, reservation: Reservation | None = None) -> None:
+        """Record a failed connect (the back-off starts or grows). Once connects have been
+        failing for `reconnect_timeout`, say so, and call `reconnect_failed(pool)`: here,
+        outside the lock, in whichever thread connected (the connector, or a caller)."""
+        if not self._record(self._state.connect_failed, error, NOW, reservation):
+            return
+        options = self._options
+        logger.warning(
+            "pool %r: connects have been failing for reconnect_timeout (%s s); last error: %s",
+            self.name, options.reconnect_timeout, error,
+        )  # fmt: skip
+        if options.reconnect_failed is not None:
+            try:
+                options.reconnect_failed(self)
+            except Exception:  # the application's code: it must not stop the pool's retries
+                logger.exception("pool %r: the reconnect_failed callback raised", self.name)
 
     def _record(self, transition: Callable[..., T], *args: Any) -> T:
         """Run `transition(*args)` under the lock to record the outcome of I/O just done;

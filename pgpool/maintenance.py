@@ -6,14 +6,12 @@ idle connections whose socket the server has written to (a restart, a terminated
 and opens connections back up to `minconn`. A ThreadedConnectionPool's connector thread
 runs it every `maintenance_interval`; a SimpleConnectionPool runs it from its own calls.
 
-As everywhere in the pool, `PoolState` decides under the lock (`plan_maintenance`,
-`reserve_refills`, `park_idle`) and this module does the I/O after releasing it.
+`check()` is here too: the idle probe's ping, done now for every idle connection.
 
-Two methods here serve more than maintenance. `_refill_one` is also how the connector
-opens a connection for the callers who wait (`ThreadedConnectionPool._connector_round`, in
-threaded.py): `PoolState.connected_idle` hands it to the oldest waiter. `_connect_failed`
-records every failed connect, a caller's own too (`_open_reserved`, in pool.py), and calls
-`reconnect_failed` once connects have been failing for `reconnect_timeout`.
+As everywhere in the pool, `PoolState` decides under the lock (`plan_maintenance`,
+`reserve_refills`, `park_idle`) and this module does the I/O after releasing it. Opening
+one connection, with its back-off, is a layer below (`_refill_one` in base.py), shared
+with the connector, which opens connections for the callers who wait.
 """
 
 from __future__ import annotations
@@ -84,54 +82,6 @@ class PoolMaintenance(PoolBase):
             if not until_full:
                 return
 
-    def _refill_one(self, reservation: Reservation, fail: bool = False) -> bool:
-        """Open one connection for a slot of `reservation`. On failure, release all of it
-        (the back-off decides when to try again) and return False."""
-        state = self._state
-        try:
-            slot = self._open_slot()
-        except BaseException as error:
-            if not fail:  # else open() of a Simple pool: the caller gets the driver's error
-                error.__traceback__ = None  # nobody raises it again: keep no frames alive
-            self._connect_failed(error, reservation)
-            if fail or not isinstance(error, Exception):
-                raise
-            # An outage is a few lines, not one per attempt (the back-off makes ~8 in its
-            # first second): the first failure of a run is a warning, the retries DEBUG,
-            # and reconnect_timeout's warning repeats for as long as it lasts.
-            failures = state.connect_failures  # read without the lock: only for the log
-            level = logging.WARNING if failures <= 1 else logging.DEBUG
-            logger.log(level, "pool %r: could not open a connection: %s", self.name, error)
-            logger.debug(
-                "pool %r: %d connect(s) failed in a row; backing off until t=%.3f",
-                self.name, failures, state.next_connect_at,
-            )  # fmt: skip
-            return False
-        failures = state.connect_failures  # read without the lock: only for the log line
-        if failures:
-            logger.info("pool %r: connected again after %d failed connect(s)", self.name, failures)
-        if not self._record(state.connected_idle, slot, NOW, reservation):
-            conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
-            return False
-        return True
-
-    def _connect_failed(self, error: BaseException, reservation: Reservation | None = None) -> None:
-        """Record a failed connect (the back-off starts or grows). Once connects have been
-        failing for `reconnect_timeout`, say so, and call `reconnect_failed(pool)`: here,
-        outside the lock, in whichever thread connected (the connector, or a caller)."""
-        if not self._record(self._state.connect_failed, error, NOW, reservation):
-            return
-        options = self._options
-        logger.warning(
-            "pool %r: connects have been failing for reconnect_timeout (%s s); last error: %s",
-            self.name, options.reconnect_timeout, error,
-        )  # fmt: skip
-        if options.reconnect_failed is not None:
-            try:
-                options.reconnect_failed(self)
-            except Exception:  # the application's code: it must not stop the pool's retries
-                logger.exception("pool %r: the reconnect_failed callback raised", self.name)
-
     def _reclaim(self, slot: Slot, now: float) -> None:
         """Close a connection whose lease ran past max_lease; its slot is freed only after.
 
@@ -171,15 +121,37 @@ class PoolMaintenance(PoolBase):
         with self._lock:
             suspects = self._state.park_idle(suspects, self._clock())
         for slot in suspects:
-            alive = False
-            try:
-                alive = conn_ops.ping(slot.conn, PING_TIMEOUT)
-            finally:
-                state = self._state
-                why = None if alive else "failed check"
-                alive = self._record(state.end_return, slot, NOW, alive, why)
-                if not alive:
-                    conn_ops.close_quietly(slot.conn)
+            self._ping_aside(slot)
+
+    def check(self) -> int:
+        """Ping every idle connection now, one at a time, outside the lock (each is taken
+        aside meanwhile, so nobody checks it out), close the dead ones and open replacements
+        up to `minconn`. Returns how many were dropped."""
+        state = self._state
+        dropped = 0
+        with self._lock:
+            candidates = list(state.idle)
+        for candidate in candidates:
+            with self._lock:
+                parked = state.park_idle([candidate], self._clock())
+            for slot in parked:  # [] when it was checked out or reaped meanwhile
+                dropped += not self._ping_aside(slot)
+        if dropped:
+            logger.debug("pool %r: check dropped %d dead connection(s)", self.name, dropped)
+        self._refill(until_full=True)
+        return dropped
+
+    def _ping_aside(self, slot: Slot) -> bool:
+        """Ping an idle connection parked in `returning` (`PoolState.park_idle`), then put it
+        back on the idle stack, or close it if it did not answer. Returns whether it did."""
+        alive = False
+        try:
+            alive = conn_ops.ping(slot.conn, PING_TIMEOUT)
+        finally:
+            why = None if alive else "failed check"
+            if not self._record(self._state.end_return, slot, NOW, alive, why):
+                conn_ops.close_quietly(slot.conn)
+        return alive
 
     def _maintain_inline(self, now: float) -> None:
         """A Simple pool's maintenance, run from its own calls once `_next_maintenance` is due

@@ -14,9 +14,10 @@ idle stack (one short critical section); one that needs a rollback, a session re
 user's `reset` callback is parked in `returning`, cleaned outside the lock, then kept or
 closed. Decisions live in `state.py`; this module does locking and I/O, in that order.
 
-The lifecycle methods (`open`, `wait`, `check`, `resize`, `closeall`) are here too. The
-layers below: `maintenance.py` (reaping, expiry, reclaims, refills) and `base.py` (the
-settings, the state and its lock, `_record`, opening a connection, errors, fork).
+The lifecycle methods (`open`, `wait`, `resize`, `closeall`) are here too; `check` is with
+maintenance. The layers below: `maintenance.py` (reaping, expiry, reclaims, refills,
+`check`) and `base.py` (the settings, the state and its lock, `_record`, opening a
+connection and its back-off, errors, fork).
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ class AbstractConnectionPool(PoolMaintenance):
                     conn_ops.close_quietly(slot.conn)
         logger.debug("pool %r closed", self.name)
 
-    # -- lifecycle: open later, wait, check, resize ---------------------------------------
+    # -- lifecycle: open later, wait, resize (check is in maintenance.py) -----------------
 
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Open a pool created with ``open=False`` (in a pre-fork master, an app factory).
@@ -311,32 +312,6 @@ class AbstractConnectionPool(PoolMaintenance):
                     )
                     raise PoolTimeout(message) from error.__cause__
             time.sleep(min(DRAIN_POLL, max(deadline - now, 0.0)))
-
-    def check(self) -> int:
-        """Ping every idle connection now, one at a time, outside the lock (each is taken
-        aside meanwhile, so nobody checks it out), close the dead ones and open replacements
-        up to `minconn`. Returns how many were dropped."""
-        state = self._state
-        dropped = 0
-        with self._lock:
-            candidates = list(state.idle)
-        for candidate in candidates:
-            with self._lock:
-                parked = state.park_idle([candidate], self._clock())
-            for slot in parked:  # [] when it was checked out or reaped meanwhile
-                alive = False
-                try:
-                    alive = conn_ops.ping(slot.conn, PING_TIMEOUT)
-                finally:
-                    why = None if alive else "failed check"
-                    kept = self._record(state.end_return, slot, NOW, alive, why)
-                    if not kept:
-                        conn_ops.close_quietly(slot.conn)
-                dropped += not alive
-        if dropped:
-            logger.debug("pool %r: check dropped %d dead connection(s)", self.name, dropped)
-        self._refill(until_full=True)
-        return dropped
 
     def resize(self, minconn: int, maxconn: int) -> None:
         """Change `minconn` and `maxconn` while the pool runs.

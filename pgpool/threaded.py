@@ -75,7 +75,7 @@ class ThreadedConnectionPool(AbstractConnectionPool):
                 retry = math.inf
         if connect:
             try:
-                # _refill_one is in maintenance.py: it connects, then hands the connection to
+                # _refill_one is in base.py: it connects, then hands the connection to
                 # the oldest waiter, or puts it on the idle stack; or records a back-off
                 self._refill_one(reservation)
             except BaseException:  # from a callback (configure): no interrupt reaches here
