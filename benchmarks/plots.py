@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # before pyplot: headless, deterministic, thread-free
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import AutoLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from benchmarks import fleet, sizing
 
@@ -63,6 +63,10 @@ def _plain_axis(ax: Axes, axis: str = "x") -> None:
     """Plain tick labels (1,000 not 1e3 or 10^3); on a log axis major ticks only, so the
     minor ones cannot crowd into each other."""
     target = ax.xaxis if axis == "x" else ax.yaxis
+    if target.get_scale() != "log" and type(target.get_major_locator()) is AutoLocator:
+        # At most 5 intervals: "10,000" labels at matplotlib's default density ran into
+        # each other on a narrow panel (the contention plot's one-CPU row).
+        target.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
     if target.get_scale() == "log":
         target.set_major_locator(LogLocator(base=10, numticks=8))
         # Two unlabelled minor ticks per decade (2 and 5): matplotlib's eight cost seconds of
