@@ -51,7 +51,7 @@ class PoolMaintenance(PoolBase):
             logger.debug(
                 "pool %r: closing %d idle connection(s): %d reaped (idle past max_idle), "
                 "%d expired (past max_lifetime)",
-                self.name, len(plan.close), plan.reaped, plan.expired,
+                self.name, len(plan.close), len(plan.close) - plan.expired, plan.expired,
             )  # fmt: skip
         for slot in plan.close:
             conn_ops.close_quietly(slot.conn)

@@ -127,8 +127,7 @@ class MaintenancePlan:
     """What one maintenance pass decided; the pool carries it out after releasing the lock."""
 
     close: list[Slot] = field(default_factory=list)  # reaped or expired idle connections
-    expired: int = 0  # of `close`: past max_lifetime
-    reaped: int = 0  # of `close`: idle past max_idle, above minconn
+    expired: int = 0  # of `close`: past max_lifetime (the others were reaped: max_idle)
     # Leases taken back after max_lease, parked in `returning` until the pool has closed them.
     reclaimed: list[Slot] = field(default_factory=list)
 
@@ -610,7 +609,6 @@ class PoolState:
                 break  # the stack is ordered by last_used: everything above is younger
             reaped += 1
         plan.close.extend(keep[:reaped])
-        plan.reaped = reaped
         self.expired += plan.expired
         self.idle_reaped += reaped
         self.idle = keep[reaped:]
