@@ -166,9 +166,9 @@ def cancel_quietly(conn: Any, timeout: float) -> bool:
     # The request's details are copied out of the connection here, in the caller's thread:
     # the caller closes the connection once we return, and libpq's PGconn goes with it.
     # The helper thread then touches only the copy, which it frees.
-    cancel = _get_cancel(getattr(conn, "pgconn_ptr", None))
+    cancel = _get_cancel(conn.pgconn_ptr)
     if not cancel:
-        return False  # closed (or not a psycopg2 connection: a test's fake)
+        return False  # closed
     # Whoever pops the copy frees it: the helper, or this thread if start() raised. It can
     # raise after the helper is running (an interrupt in its wait for the thread to begin),
     # so freeing it here unconditionally would free it twice.

@@ -101,6 +101,9 @@ class FakeConnection:
     """
 
     _numbers = itertools.count(1)
+    # No libpq connection behind it: what psycopg2 reports for a closed one, so a cancel
+    # request (the reclaim's) is not sent.
+    pgconn_ptr = None
     # Session attributes (psycopg2's defaults are set in __init__, through __setattr__'s checks)
     autocommit: bool
     isolation_level: int | None
