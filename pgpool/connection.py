@@ -57,17 +57,29 @@ def restore_session(conn: Any, defaults: tuple[Any, ...], force: bool = False) -
 
 
 def is_reusable(conn: Any) -> bool:
-    """Open and idle (no transaction): the cheap test that needs no round trip."""
-    return not conn.closed and conn.get_transaction_status() == ext.TRANSACTION_STATUS_IDLE
+    """Open and idle: the cheap test that needs no round trip.
+
+    Idle takes two readings, libpq's and psycopg2's, because each misses a case: a BEGIN
+    sent by hand in autocommit mode is seen only by libpq (psycopg2's status stays READY),
+    and a two-phase transaction after `tpc_prepare()` only by psycopg2 (libpq reports IDLE
+    while psycopg2 is in BEGIN or PREPARED, and would send the next statement without a
+    BEGIN, autocommitting it). putconn's fast path (pool.py) inlines this test.
+    """
+    return (
+        not conn.closed
+        and conn.get_transaction_status() == ext.TRANSACTION_STATUS_IDLE
+        and conn.status == ext.STATUS_READY
+    )
 
 
 def clean(conn: Any, defaults: tuple[Any, ...], encoding: str, reset: Any) -> bool:
     """Bring a returned connection back to the state it had when opened.
 
-    Rolls back an open or failed transaction, restores the session attributes and runs the
-    user's `reset` callback. Returns False if the connection is closed, broken (status
-    UNKNOWN), or if any step failed: the caller must then discard it. psycopg2.pool leaks
-    the slot when its rollback raises; here a failure only means "discard".
+    Rolls back an open or failed transaction (a two-phase one too, prepared or not: see
+    `is_reusable`), restores the session attributes and runs the user's `reset` callback.
+    Returns False if the connection is closed, broken (status UNKNOWN), or if any step
+    failed: the caller must then discard it. psycopg2.pool leaks the slot when its rollback
+    raises; here a failure only means "discard".
     """
     if conn.closed:
         return False
@@ -75,12 +87,12 @@ def clean(conn: Any, defaults: tuple[Any, ...], encoding: str, reset: Any) -> bo
         status = conn.get_transaction_status()
         if status == ext.TRANSACTION_STATUS_UNKNOWN:
             return False
-        if status != ext.TRANSACTION_STATUS_IDLE:
+        if status != ext.TRANSACTION_STATUS_IDLE or conn.status != ext.STATUS_READY:
             _roll_back(conn)
         restore_session(conn, defaults)
         if reset is not None:
             reset(conn)
-            if conn.get_transaction_status() != ext.TRANSACTION_STATUS_IDLE:
+            if not is_reusable(conn):
                 _roll_back(conn)  # the reset callback left a transaction open
             restore_session(conn, defaults, force=True)
             # A reset like DISCARD ALL puts the server's client_encoding back to its default
@@ -93,11 +105,21 @@ def clean(conn: Any, defaults: tuple[Any, ...], encoding: str, reset: Any) -> bo
     except Exception:
         logger.warning("discarding a connection that could not be cleaned", exc_info=True)
         return False
-    return not conn.closed
+    return not conn.closed and conn.status == ext.STATUS_READY
 
 
 def _roll_back(conn: Any) -> None:
-    conn.rollback()
+    if conn.status == ext.STATUS_PREPARED:
+        # A prepared transaction outlives its session (closing would not end it) and keeps
+        # its locks: ROLLBACK PREPARED is the only way to end it.
+        conn.tpc_rollback()
+    else:
+        try:
+            conn.rollback()
+        except psycopg2.ProgrammingError:
+            # Inside a two-phase transaction (tpc_begin) psycopg2 refuses rollback(); its
+            # tpc_prepare() may also have failed, which left libpq idle and psycopg2 not.
+            conn.tpc_rollback()
     if conn.get_transaction_status() != ext.TRANSACTION_STATUS_IDLE:
         # A BEGIN sent by hand in autocommit mode: psycopg2's rollback() only ends the
         # transactions it began itself, so end this one with SQL.

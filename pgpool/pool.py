@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+from psycopg2.extensions import STATUS_READY, TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 
 from . import connection as conn_ops
@@ -184,12 +184,14 @@ class AbstractConnectionPool(PoolMaintenance):
             elif key is not None and not same_key(slot.key, key):
                 state.find_leased(conn, key)  # raises PoolError naming both keys
             # Fast path: reading these attributes costs no round trip. A connection that is
-            # open, outside any transaction, with its session attributes untouched and no
-            # reset callback to run, goes straight back, without cleaning.
+            # open, outside any transaction (connection.is_reusable, inlined: libpq's status
+            # and psycopg2's), with its session attributes untouched and no reset callback to
+            # run, goes straight back, without cleaning.
             elif (
                 not close
                 and not conn.closed
                 and conn.get_transaction_status() == TRANSACTION_STATUS_IDLE
+                and conn.status == STATUS_READY
                 and (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
                 == slot.defaults  # see connection.SESSION_ATTRIBUTES
                 and self._reset is None

@@ -151,6 +151,11 @@ class FakeConnection:
     def _characteristics_set(self) -> bool:
         return any(getattr(self, a) is not None for a in _CHARACTERISTICS)
 
+    @property
+    def status(self) -> int:
+        """psycopg2's own view: BEGIN inside a transaction it began itself, else READY."""
+        return ext.STATUS_BEGIN if self._driver_tx else ext.STATUS_READY
+
     def get_transaction_status(self) -> int:
         if self.closed:
             return ext.TRANSACTION_STATUS_UNKNOWN

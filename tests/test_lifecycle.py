@@ -33,7 +33,7 @@ from support import (
 )
 
 import pgpool
-from testbed.embedded import run_sql
+from testbed.embedded import EmbeddedPostgres, run_sql
 
 
 @pytest.fixture
@@ -575,6 +575,66 @@ def test_failed_transaction_rolled_back_on_return(pools: Pools) -> None:
     assert select_one(again) == 1
     pool.putconn(again)
     assert pool.stats().broken_returns == 0
+
+
+def _next_borrower_gets_a_transaction(pool: pgpool.AbstractConnectionPool, conn: Any) -> None:
+    """The connection comes back clean: psycopg2 sends BEGIN before the next statement (so
+    the borrower's work is not autocommitted), and rollback() works."""
+    again = pool.getconn()
+    assert again is conn and again.status == ext.STATUS_READY
+    with again.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    assert again.get_transaction_status() == ext.TRANSACTION_STATUS_INTRANS  # BEGIN was sent
+    again.rollback()
+    pool.putconn(again)
+
+
+def test_a_failed_two_phase_prepare_is_cleaned_on_return(pools: Pools) -> None:
+    """On a default server (max_prepared_transactions = 0) tpc_prepare() fails, and the
+    server ends the transaction: libpq reports IDLE while psycopg2 is still in BEGIN. The
+    fast path, which read libpq alone, handed it out as it was: the next borrower's
+    statements went without BEGIN (autocommitted), and its rollback() raised."""
+    pool = pools.threaded(0, 1)
+    conn = pool.getconn()
+    conn.tpc_begin(conn.xid(1, "pgpool-failed-prepare", "branch"))
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    with pytest.raises(psycopg2.OperationalError, match="prepared transactions are disabled"):
+        conn.tpc_prepare()
+    assert conn.get_transaction_status() == ext.TRANSACTION_STATUS_IDLE  # libpq: idle
+    assert conn.status == ext.STATUS_BEGIN  # psycopg2: still in its two-phase transaction
+    pool.putconn(conn)
+    _next_borrower_gets_a_transaction(pool, conn)
+    assert pool.stats().broken_returns == 0  # cleaned, not discarded
+
+
+def test_a_prepared_transaction_is_rolled_back_on_return(
+    restartable_server: EmbeddedPostgres,
+) -> None:
+    """After a successful tpc_prepare() the transaction lives on the server, not in the
+    session: closing the connection would leave it there, holding its locks. The return
+    ends it with ROLLBACK PREPARED (needs a server with max_prepared_transactions > 0: a
+    private one, so the shared server keeps the default the test above relies on)."""
+    server = restartable_server
+    server.execute("ALTER SYSTEM SET max_prepared_transactions = 2")
+    server.restart()
+    pool = pgpool.ThreadedConnectionPool(0, 1, server.dsn, maintenance_interval=None)
+    try:
+        conn = pool.getconn()
+        conn.tpc_begin(conn.xid(1, "pgpool-prepared", "branch"))
+        with conn.cursor() as cursor:
+            cursor.execute("CREATE TABLE lifecycle_prepared (x int)")
+        conn.tpc_prepare()
+        assert conn.get_transaction_status() == ext.TRANSACTION_STATUS_IDLE  # libpq: idle
+        assert conn.status == ext.STATUS_PREPARED
+        assert server.execute("SELECT count(*) FROM pg_prepared_xacts") == [(1,)]
+        pool.putconn(conn)
+        assert server.execute("SELECT count(*) FROM pg_prepared_xacts") == [(0,)]
+        assert server.execute("SELECT to_regclass('lifecycle_prepared') IS NULL") == [(True,)]
+        _next_borrower_gets_a_transaction(pool, conn)
+        assert pool.stats().broken_returns == 0
+    finally:
+        pool.closeall()
 
 
 def test_rollback_failure_discards_the_connection_and_frees_its_slot(
