@@ -16,9 +16,12 @@ Where to read next:
 - `connection.py` and `watchdog.py`: what is done to a connection (clean, ping, cancel), and
   the deadline that cuts a silent one;
 - `options.py`, `stats.py`, `errors.py`: the settings, the snapshot, the exceptions;
-- `metrics.py` (Prometheus), `helpers.py` (the seed article's DBHelper), `resets.py`.
+- `metrics.py` (Prometheus), `helpers.py` (the seed article's DBHelper), `resets.py`;
+- `driver.py`: which psycopg2 to install, and the error when there is none.
 """
 
+# First: without psycopg2 this raises one error that says what to install (driver.py).
+from . import driver as _driver  # noqa: F401
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .helpers import DBHelper
 from .options import PoolOptions

@@ -1,7 +1,8 @@
 # Sourced by scripts/test.sh and scripts/bench.sh: make .venv and install pgpool (editable)
 # with the extras the calling script needs, given as PGPOOL_EXTRAS (e.g. "bench" or
 # "test,bench"). Only Python 3.11+ is needed on the machine; the PostgreSQL server comes
-# from the pgserver wheel.
+# from the pgserver wheel. The test and bench extras each bring the driver (psycopg2-binary):
+# pgpool itself requires none, see pyproject.toml.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
