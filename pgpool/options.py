@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import operator
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,17 +112,15 @@ def _check_int(option: str, value: object, *, minimum: int, lenient: bool = Fals
     # bool is an int subclass, but `maxconn=True` is a mistake, not a size.
     if isinstance(value, bool) or not isinstance(value, int):
         also = " (or a str or float holding one)" if lenient else ""
-        raise TypeError(f"{option} must be an int{also}, got {type(value).__name__} {_show(value)}")
+        raise TypeError(f"{option} must be an int{also}, got {describe(value)}")
     if value < minimum:
-        raise ValueError(f"{option} must be >= {minimum}, got {_show(value)}")
+        raise ValueError(f"{option} must be >= {minimum}, got {describe(value)}")
 
 
 def _check_seconds(option: str, value: object, *, positive: bool = False) -> float:
     """Check a duration and return it as a float (`math.inf` is allowed: no limit)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"{option} must be a number of seconds, got {type(value).__name__} {_show(value)}"
-        )
+        raise TypeError(f"{option} must be a number of seconds, got {describe(value)}")
     bound = "> 0" if positive else ">= 0"
     try:
         seconds = float(value)
@@ -130,20 +130,41 @@ def _check_seconds(option: str, value: object, *, positive: bool = False) -> flo
         seconds = math.nan
     if math.isnan(seconds) or seconds < 0 or (positive and seconds == 0):
         raise ValueError(
-            f"{option} must be {bound} seconds (math.inf for no limit), got {_show(value)}"
+            f"{option} must be {bound} seconds (math.inf for no limit), got {describe(value)}"
         )
     return seconds
 
 
-def _show(value: object) -> str:
-    """`repr(value)` for an error message, kept short: a caller may pass anything at all."""
+# Text an error message may quote: short, and without the "=" of a key=value connection
+# string or the ":" of a URI, so it cannot be one ("two", "2.0", " 4 ", "worker-1").
+_QUOTABLE = re.compile(r"[\w\s.+\-]{0,40}")
+
+
+def describe(value: object) -> str:
+    """`value` for an error message: its type, and its repr when that is safe and short.
+
+    A caller's argument in the wrong place is often the connection string: sizes and DSN
+    swapped (`Pool(dsn, 1, 10)`), or a settings object passed whole. Its text may hold a
+    password, and an error message ends up in logs and error trackers. So only numbers, None
+    and short text that cannot be a connection string are quoted; any other text is
+    described by its length, and any other object by its type alone.
+    """
+    if value is None:
+        return "None"
+    kind = type(value).__name__
+    if isinstance(value, str | bytes | bytearray):
+        if isinstance(value, str) and _QUOTABLE.fullmatch(value):
+            return f"{kind} {value!r}"
+        return f"{kind} of length {len(value)} (not shown: it may be a connection string)"
+    if not isinstance(value, numbers.Number):
+        return kind  # its repr could be anything: a dict of connection settings, say
     try:
         text = repr(value)
     except Exception:  # an int too long to print (sys.get_int_max_str_digits), a broken repr
         if isinstance(value, int):
-            return f"an int of {value.bit_length()} bits"
-        return f"a {type(value).__name__} whose repr() failed"
-    return text if len(text) <= 80 else f"{text[:60]}...({len(text)} characters)"
+            return f"{kind} of {value.bit_length()} bits"
+        return f"{kind} whose repr() failed"
+    return f"{kind} {text}" if len(text) <= 80 else f"{kind} {text[:60]}...({len(text)} characters)"
 
 
 def check_timeout(timeout: object) -> float:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from .bell import Bell
 from .errors import PoolError, TooManyWaiting
-from .options import PoolOptions
+from .options import PoolOptions, describe
 from .stats import COUNTERS, PoolStats
 
 # Back-off after failed connects: 10 ms, doubling, capped at 2 s, with jitter. The cap keeps
@@ -229,7 +229,7 @@ class PoolState:
         if key in self.pending_keys:
             raise PoolError(
                 f"pool {self.options.name!r}: another thread is already getting a connection "
-                f"with key {key!r}"
+                f"with key {describe(key)}"
             )
         return None
 
@@ -484,7 +484,7 @@ class PoolState:
         if key is not None and not same_key(slot.key, key):
             raise PoolError(
                 f"pool {self.options.name!r}: connection was checked out with key "
-                f"{slot.key!r}, not {key!r}; it stays checked out"
+                f"{describe(slot.key)}, not {describe(key)}; it stays checked out"
             )
         return slot
 

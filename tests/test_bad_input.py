@@ -262,14 +262,27 @@ def test_a_count_option_beyond_float_is_just_a_large_count(option: str) -> None:
         pool.closeall()
 
 
-class _Unprintable:
+class _Unprintable(float):
+    """A number whose repr() raises: the message still names the option and the type."""
+
     def __repr__(self) -> str:
         raise RuntimeError("no repr")
 
 
+class _Opaque:
+    def __repr__(self) -> str:  # pragma: no cover - the point is that it is never called
+        raise AssertionError("an argument of unknown type was printed")
+
+
 def test_an_unprintable_value_is_refused_by_name() -> None:
-    with pytest.raises(TypeError, match=r"^timeout .* _Unprintable whose repr\(\) failed"):
-        _new_pool(FakeServer(), timeout=_Unprintable())
+    with pytest.raises(ValueError, match=r"^timeout .* _Unprintable whose repr\(\) failed"):
+        _new_pool(FakeServer(), timeout=_Unprintable(-1.0))
+
+
+def test_an_object_of_unknown_type_is_named_by_its_type_not_printed() -> None:
+    """Its repr could hold anything (a settings object with the password): not shown."""
+    with pytest.raises(TypeError, match=r"^timeout must be a number of seconds, got _Opaque$"):
+        _new_pool(FakeServer(), timeout=_Opaque())
 
 
 @pytest.mark.parametrize(

@@ -260,7 +260,7 @@ def test_same_key_cannot_wait_twice(pools: Pools) -> None:
     held = pool.getconn()
     first = Task(pool.getconn, "k", 10)
     _waiting(pool, 1)
-    with pytest.raises(pgpool.PoolError, match="already getting a connection with key 'k'"):
+    with pytest.raises(pgpool.PoolError, match="already getting a connection with key str 'k'"):
         pool.getconn("k", timeout=10)
     pool.putconn(held)
     conn = first.result()

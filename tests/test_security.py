@@ -6,6 +6,7 @@ from callbacks that re-enter, raise or hang, from other threads, or after closea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import re
@@ -13,12 +14,13 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions as ext
 import pytest
+from fakes import FakeServer
 from faultsupport import (
     backend_pid,
     in_thread,
@@ -165,6 +167,70 @@ def test_a_mistyped_dsn_leaks_no_fragment_of_its_password(template: str, passwor
     text = _text_of(error.value)
     for fragment in re.split(r"[ /]", password):
         assert fragment not in text, f"{fragment!r} (part of the password) leaked: {text}"
+
+
+# What a caller may pass in the wrong place, each carrying SECRET: a URI, a key=value
+# string, the same as bytes, and a settings object (a dict of connect() keywords).
+MISPLACED = [
+    f"postgresql://app:{SECRET}@db.example/app",
+    f"host=db.example user=app password={SECRET}",
+    f"password={SECRET}".encode(),
+    {"host": "db.example", "user": "app", "password": SECRET},
+]
+
+
+def _argument_errors(value: Any) -> Iterator[tuple[str, Callable[[], object]]]:
+    """Every entry point that validates its arguments, each given `value` where it does not
+    belong: (what was called, the call)."""
+    server = FakeServer()
+    for cls in (pgpool.ThreadedConnectionPool, pgpool.SimpleConnectionPool):
+        yield f"{cls.__name__}(value, 10)", lambda cls=cls: cls(value, 10, "dbname=x")
+        yield f"{cls.__name__}(1, value)", lambda cls=cls: cls(1, value, "dbname=x")
+    for option in dataclasses.fields(pgpool.PoolOptions):
+        if option.name not in ("minconn", "maxconn", "name"):  # a name is any str
+            kwargs = {"connector": server.connect, option.name: value}
+            yield (
+                f"{option.name}=value",
+                lambda kwargs=kwargs: pgpool.ThreadedConnectionPool(0, 1, **kwargs),
+            )
+    yield "DBHelper(minconn=value)", lambda: pgpool.DBHelper("dbname=x", minconn=value).pool
+    pool = pgpool.ThreadedConnectionPool(
+        0, 2, connector=server.connect, maintenance_interval=None, timeout=5
+    )
+    held = pool.getconn("mine")
+    yield "resize(value, 5)", lambda: pool.resize(value, 5)
+    yield "resize(1, value)", lambda: pool.resize(1, value)
+    yield "getconn(timeout=value)", lambda: pool.getconn(timeout=value)
+    yield "connection(timeout=value)", lambda: pool.connection(timeout=value).__enter__()
+    yield "wait(value)", lambda: pool.wait(value)
+    yield "open(timeout=value)", lambda: pool.open(timeout=value)
+    yield "putconn(conn, key=value)", lambda: pool.putconn(held, key=value)
+    yield "closeall(timeout=value)", lambda: pool.closeall(timeout=value)
+    if isinstance(value, Hashable):  # two callers waiting with the same key
+        other = pool.getconn()
+        first = threading.Thread(target=lambda: pool.putconn(pool.getconn(value), key=value))
+        first.start()
+        wait_for(lambda: pool.stats().waiting == 1, what="the first caller with the key waits")
+        yield "getconn(key=value) twice", lambda: pool.getconn(value)
+        pool.putconn(other)
+        first.join(10)
+    pool.putconn(held, key="mine")
+    pool.closeall()
+
+
+@pytest.mark.parametrize("value", MISPLACED, ids=["uri", "keyvalue", "bytes", "dict"])
+def test_the_pools_own_argument_errors_never_print_a_connection_string(value: Any) -> None:
+    """`ThreadedConnectionPool(dsn, 1, 10)`, sizes and DSN swapped, once raised "minconn must
+    be an int ..., got str 'postgresql://app:<password>@...'". Each entry point that checks
+    its arguments refuses the misplaced value by name, with nothing of it in the message."""
+    refused = []
+    for what, call in _argument_errors(value):
+        with pytest.raises((TypeError, ValueError, pgpool.PoolError)) as error:
+            call()
+            pytest.fail(f"{what} was accepted")
+        _assert_clean(_text_of(error.value), SECRET)
+        refused.append(what)
+    assert len(refused) >= 25, refused  # every entry point above was tried
 
 
 def _failing_reset(conn: Any) -> None:
