@@ -47,6 +47,9 @@ class DBHelper:
         self._pool_options = pool_options
         self._connection_pool: ThreadedConnectionPool | None = None
         self._lock = threading.Lock()  # two threads' first use must not make two pools
+        # One exit hook for the helper's whole life, however often it re-creates its pool
+        # (it does after a shutdown): one per pool would pile up, each keeping it alive.
+        self._exit_hook_registered = False
 
     @property
     def pool(self) -> ThreadedConnectionPool:
@@ -57,7 +60,9 @@ class DBHelper:
                 self._connection_pool = ThreadedConnectionPool(
                     self._minconn, self._maxconn, dsn, **self._pool_options
                 )
-                atexit.register(self.shutdown_connection_pool)
+                if not self._exit_hook_registered:
+                    atexit.register(self.shutdown_connection_pool)
+                    self._exit_hook_registered = True
             return self._connection_pool
 
     @contextmanager

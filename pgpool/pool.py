@@ -237,7 +237,8 @@ class AbstractConnectionPool(PoolMaintenance):
 
     def closeall(self, *, in_use: bool = True, timeout: float | None = None) -> None:
         """Close every connection, idle and checked out (as psycopg2.pool does), and wake
-        every waiter with PoolClosed. Calling it twice raises PoolClosed.
+        every waiter with PoolClosed. Calling it twice raises PoolClosed. A pool created with
+        ``open=False`` and never opened is closed for good, without an error.
 
         With `timeout` (seconds), drain first: hand out nothing more, close idle connections,
         let borrowers return theirs (each is closed as it comes back) for up to `timeout`
@@ -251,7 +252,11 @@ class AbstractConnectionPool(PoolMaintenance):
             deadline = self._clock() + check_timeout(timeout)
         with self._lock:
             if self._state.closed:
-                raise self._closed_error()
+                if self._opened:
+                    raise self._closed_error()
+                # Never opened (open=False): now closed for good, quietly, as psycopg_pool's
+                # close() does; open() raises from now on (and closeall() does, as usual).
+                self._opened = True
             error = PoolClosed(f"pool {self.name!r} was closed")
             slots = self._state.close(error, in_use and not draining)
         for slot in slots:

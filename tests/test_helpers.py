@@ -219,6 +219,20 @@ def test_get_resource_after_shutdown_makes_a_new_pool(helper: DBHelper) -> None:
     assert not helper.pool.closed
 
 
+def test_one_exit_hook_however_often_the_pool_is_re_created(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each re-created pool registered another atexit hook: 53 after 50 re-creations, each
+    keeping the helper alive and running at exit. One per helper is enough."""
+    hooks: list[Any] = []
+    monkeypatch.setattr(pgpool.helpers.atexit, "register", hooks.append)
+    helper = DBHelper(dsn, minconn=0, maxconn=1, maintenance_interval=None)
+    for _ in range(5):
+        assert not helper.pool.closed  # made anew after each shutdown
+        helper.shutdown_connection_pool()
+    assert hooks == [helper.shutdown_connection_pool]
+
+
 def test_pool_options_reach_the_pool(dsn: str) -> None:
     helper = DBHelper(dsn, minconn=0, maxconn=2, name="helped", maintenance_interval=None)
     try:

@@ -48,6 +48,23 @@ def test_open_false_opens_nothing_until_open(dsn: str) -> None:
         pool.open()  # closed for good
 
 
+def test_closeall_before_open_closes_for_good_quietly() -> None:
+    """closeall() of a pool created with open=False raised "not open yet" and left it
+    openable: a shutdown hook that runs before the app ever opened its pool failed, and the
+    pool could still be opened after it. Now it closes it for good, as psycopg_pool's
+    close() does, and a second closeall() raises as usual."""
+    pool = pgpool.ThreadedConnectionPool(1, 2, "", open=False)
+    pool.closeall()
+    assert pool.closed
+    with pytest.raises(pgpool.PoolClosed, match="is closed"):
+        pool.open()
+    with pytest.raises(pgpool.PoolClosed, match="is closed"):
+        pool.getconn()
+    with pytest.raises(pgpool.PoolClosed):
+        pool.closeall()
+    assert not _connector_threads(pool)
+
+
 def test_a_simple_pool_opens_inline_and_fails_fast(dsn: str) -> None:
     pool = pgpool.SimpleConnectionPool(1, 2, dsn, open=False)
     pool.open()
