@@ -280,18 +280,21 @@ class AbstractConnectionPool(PoolMaintenance):
         the background, retrying with its back-off while the server is down; with `wait`,
         this call then blocks until they are ready (see `wait`). A SimpleConnectionPool, with
         no thread, opens them here and raises the driver's error if it cannot. Opening an
-        open pool does nothing; a pool closed by closeall() cannot be opened again.
+        open pool opens nothing, but with `wait` it waits all the same (as psycopg_pool's
+        does): a second thread's open(wait=True) must not return before the first one's.
+        A pool closed by closeall() cannot be opened again.
         """
         check_timeout(timeout)
         with self._lock:
-            if self._opened:
-                if self._state.closed:
-                    raise self._closed_error()
-                return
-            self._opened = True
-            self._state.reopen()
-        logger.debug("pool %r opened", self.name)
-        self._start()
+            opening = not self._opened
+            if opening:
+                self._opened = True
+                self._state.reopen()
+            elif self._state.closed:
+                raise self._closed_error()
+        if opening:
+            logger.debug("pool %r opened", self.name)
+            self._start()
         if wait:
             self.wait(timeout)
 

@@ -65,6 +65,33 @@ def test_closeall_before_open_closes_for_good_quietly() -> None:
     assert not _connector_threads(pool)
 
 
+def test_a_second_open_wait_waits_too(dsn: str) -> None:
+    """Two threads open the same pool with wait=True (two app factories, say): the second
+    returned at once, with none of minconn ready, because the pool was already open."""
+    gate = threading.Event()
+
+    def connect_when_let(*args: object, **kwargs: object) -> object:
+        gate.wait(10)
+        return psycopg2.connect(*args, **kwargs)
+
+    app = unique_app("open-twice")
+    pool = pgpool.ThreadedConnectionPool(
+        2, 3, pool_dsn(dsn, app), connector=connect_when_let, open=False
+    )
+    try:
+        _thread, first = in_thread(lambda: pool.open(wait=True, timeout=10))
+        wait_for(lambda: pool.stats().connecting > 0, what="the first open connecting")
+        with pytest.raises(pgpool.PoolTimeout, match="0 of minconn 2 ready"):
+            pool.open(wait=True, timeout=0.2)  # the connects are held back: it must wait
+        gate.set()
+        pool.open(wait=True, timeout=10)
+        assert pool.stats().idle == 2
+        assert first.done.wait(10) and first.error is None
+    finally:
+        gate.set()
+        pool.closeall()
+
+
 def test_a_simple_pool_opens_inline_and_fails_fast(dsn: str) -> None:
     pool = pgpool.SimpleConnectionPool(1, 2, dsn, open=False)
     pool.open()
