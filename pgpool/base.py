@@ -51,12 +51,31 @@ PING_TIMEOUT = 5.0
 PING_TIMEOUT_MIN = 1.0
 
 _pool_numbers = itertools.count(1)
-_live_pools: weakref.WeakSet[PoolBase] = weakref.WeakSet()
+# Every pool of the process, for metrics: weak references, so that listing a pool does not
+# keep it alive. A pool registers itself as its constructor ends, in whichever thread made
+# it, while a scrape may be reading the list in another: both take this lock. The references
+# have no callbacks: a WeakSet's remove their item whenever the garbage collector runs, in any
+# thread, which no lock of ours can hold off, and a copy running then raises "Set changed size
+# during iteration". Dead references are dropped instead when the list has doubled since the
+# last sweep, so registering stays O(1) on average.
+_live_pools: list[weakref.ref[PoolBase]] = []
+_live_pools_lock = threading.Lock()
+_sweep_at = 64  # sweep dead references when the list reaches this length
 
 
 def live_pools() -> list[PoolBase]:
     """Every pool of this process that has not been garbage-collected (for metrics)."""
-    return list(_live_pools)
+    with _live_pools_lock:
+        return [pool for ref in _live_pools if (pool := ref()) is not None]
+
+
+def _register(pool: PoolBase) -> None:
+    global _sweep_at
+    with _live_pools_lock:
+        if len(_live_pools) >= _sweep_at:
+            _live_pools[:] = [ref for ref in _live_pools if ref() is not None]
+            _sweep_at = max(64, 2 * len(_live_pools))
+        _live_pools.append(weakref.ref(pool))
 
 
 class PoolBase:
@@ -145,7 +164,7 @@ class PoolBase:
         self._reset = self._options.reset
         if open:
             self._open_initial()
-        _live_pools.add(self)
+        _register(self)
 
     # -- the attributes psycopg2.pool has, and pgpool's name ------------------------------
 
@@ -357,8 +376,11 @@ class PoolBase:
 
 
 def _reinit_pools_after_fork() -> None:
+    global _live_pools_lock
+    # A parent thread may have held the lock at fork: the child's copy would stay locked.
+    _live_pools_lock = threading.Lock()
     watchdog.reinit_after_fork()
-    for pool in list(_live_pools):
+    for pool in live_pools():
         pool._after_fork_in_child()
 
 

@@ -4,15 +4,18 @@ scraped from a real registry."""
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
 
 import psycopg2
 import pytest
+from faultsupport import wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import pgpool
+from pgpool.base import live_pools
 from pgpool.metrics import PoolCollector
 from pgpool.stats import COUNTERS
 
@@ -100,6 +103,43 @@ def test_collector_for_chosen_pools_only(dsn: str) -> None:
         registry.register(PoolCollector([chosen]))
         pools = {dict(labels).get("pool") for _, labels in _scrape(registry)}
         assert pools == {"metrics-chosen"}
+
+
+def test_a_scrape_while_other_threads_create_and_drop_pools_never_raises(dsn: str) -> None:
+    """The live-pools set was copied without a lock: a scrape while another thread created a
+    pool raised "RuntimeError: Set changed size during iteration". Two threads make and drop
+    pools (never opened: no connection) while this one scrapes; a thread switch every
+    microsecond and 2,000 pools alive make the copy long enough to be interrupted. Before
+    the fix the first scrapes failed; counted, not timed: 100 scrapes, each with new pools."""
+    registry = CollectorRegistry()
+    registry.register(PoolCollector())
+    kept = [pgpool.ThreadedConnectionPool(0, 1, dsn, open=False) for _ in range(2000)]
+    made = [0, 0]
+    stop = threading.Event()
+
+    def churn(index: int) -> None:
+        while not stop.is_set():
+            pgpool.ThreadedConnectionPool(0, 1, dsn, open=False)  # made, registered, dropped
+            made[index] += 1
+
+    makers = [threading.Thread(target=churn, args=(i,), daemon=True) for i in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in makers:
+            thread.start()
+        with pgpool.ThreadedConnectionPool(0, 1, dsn, name="metrics-scraped") as watched:
+            for _ in range(100):
+                before = sum(made)
+                assert _value(_scrape(registry), "pgpool_max_size", "metrics-scraped") == 1
+                wait_for(lambda before=before: sum(made) > before, what="a pool made meanwhile")
+            assert watched in live_pools() and all(pool in live_pools() for pool in kept[:10])
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        for thread in makers:
+            thread.join(10)
+    assert sum(made) >= 100
 
 
 def test_lifecycle_events_are_logged_at_debug_and_the_fast_path_is_not(
