@@ -8,6 +8,7 @@ Change the import and keep your code::
 Where to read next:
 
 - `threaded.py`: the two pools, and who opens connections for callers that wait;
+  `null.py`: the pool that keeps no idle connection, for use behind PgBouncer;
 - `pool.py`: the psycopg2.pool API and the lifecycle methods, and every step of a
   checkout and a return; it stands on `maintenance.py` (reaping, expiry, reclaims,
   refills) and `base.py` (the settings, the state and its lock, opening a connection);
@@ -24,6 +25,7 @@ Where to read next:
 from . import driver as _driver  # noqa: F401
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiting
 from .helpers import DBHelper
+from .null import NullConnectionPool
 from .options import PoolOptions
 from .pool import AbstractConnectionPool
 from .resets import discard_all, reset_session
@@ -33,6 +35,7 @@ from .threaded import SimpleConnectionPool, ThreadedConnectionPool
 __all__ = [
     "AbstractConnectionPool",
     "DBHelper",
+    "NullConnectionPool",
     "PoolClosed",
     "PoolError",
     "PoolOptions",
