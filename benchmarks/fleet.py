@@ -48,12 +48,16 @@ CONFIGS: list[tuple[str, str, int | None]] = [
     ("direct", "direct", None),
     ("pgbouncer-16", "PgBouncer pool 16", 16),  # transaction mode, default_pool_size 16
     ("pgbouncer-8", "PgBouncer pool 8", 8),
+    # The same PgBouncer pool of 16, with a NullConnectionPool(0, 4) in each process: no
+    # connection kept between requests, a connect to PgBouncer for each one.
+    ("null-pgbouncer-16", "null pool, PgBouncer 16", 16),
     # The sizing rule broken, then fixed: a second server that leaves the application's
     # role only LIMIT connections, fewer than its processes (8, wanting 32).
     ("limited-direct", "direct, 6 allowed", None),
     ("limited-pgbouncer-6", "PgBouncer 6, 6 allowed", 6),
 ]
 LIMITED = {"limited-direct", "limited-pgbouncer-6"}
+NULL_POOL = {"null-pgbouncer-16"}  # rows whose processes use pgpool.NullConnectionPool
 # Connections the limited server leaves the application's role: fewer than the processes,
 # so that some process surely gets none (with more, which process gets how many is a race,
 # and threads of a process short of connections just take turns on the ones it has).
@@ -79,8 +83,9 @@ def steps(quick: bool) -> int:
 # -- one application process ------------------------------------------------------------------
 
 
-def _process(dsn: str, sql: str, seconds: float, ready: Any, out: Any) -> None:
-    """One application process: makes a pool of up to MAXCONN, waits for the whole fleet
+def _process(dsn: str, sql: str, seconds: float, ready: Any, out: Any, null: bool) -> None:
+    """One application process: makes a pool of up to MAXCONN (a NullConnectionPool with
+    `null`, else a ThreadedConnectionPool), waits for the whole fleet
     at `ready`, then runs MAXCONN threads looping on transactions for WARMUP + `seconds`;
     sends (latencies in s of the requests after the warm-up, errors).
 
@@ -93,7 +98,8 @@ def _process(dsn: str, sql: str, seconds: float, ready: Any, out: Any) -> None:
     # The "6 allowed" rows are refused on purpose, and this process counts the refusals
     # itself: the pool's warning about them on stderr would read as the bench failing.
     logging.getLogger("pgpool").setLevel(logging.ERROR)
-    pool = pgpool.ThreadedConnectionPool(0, MAXCONN, dsn, timeout=30)
+    pool_class = pgpool.NullConnectionPool if null else pgpool.ThreadedConnectionPool
+    pool = pool_class(0, MAXCONN, dsn, timeout=30)
     latencies = [array("d") for _ in range(MAXCONN)]
     errors = [0] * MAXCONN
     ready.wait()  # every process has its connections: start together
@@ -122,7 +128,7 @@ def _process(dsn: str, sql: str, seconds: float, ready: Any, out: Any) -> None:
     merged = array("d")
     for part in latencies:
         merged.extend(part)
-    out.send((merged.tobytes(), sum(errors)))
+    out.send((merged.tobytes(), sum(errors), pool.stats().connections_opened))
     out.close()
 
 
@@ -181,10 +187,16 @@ def _count_bouncer(bouncer: Any) -> tuple[int, int]:
 
 
 def _run_fleet(
-    dsn: str, admin_dsn: str, sql: str, pool_size: int | None, seconds: float
+    dsn: str,
+    admin_dsn: str,
+    sql: str,
+    pool_size: int | None,
+    seconds: float,
+    null: bool = False,
 ) -> dict[str, Any]:
-    """One run of the fleet against `dsn` (through a PgBouncer of `pool_size` if given);
-    `admin_dsn` counts the server's connections."""
+    """One run of the fleet against `dsn` (through a PgBouncer of `pool_size` if given,
+    each process with a NullConnectionPool if `null`); `admin_dsn` counts the server's
+    connections."""
     app = f"pgpool-fleet-{os.getpid()}-{time.monotonic_ns() % 10**6}"
     with contextlib.ExitStack() as stack:
         if pool_size is None:
@@ -206,7 +218,9 @@ def _run_fleet(
         pipes, procs = [], []
         for _ in range(PROCESSES):
             receive, send = spawn.Pipe(duplex=False)
-            proc = spawn.Process(target=_process, args=(client_dsn, sql, seconds, ready, send))
+            proc = spawn.Process(
+                target=_process, args=(client_dsn, sql, seconds, ready, send, null)
+            )
             proc.start()
             send.close()
             pipes.append(receive)
@@ -221,9 +235,10 @@ def _run_fleet(
                 most_server, most_client = max(most_server, server), max(most_client, client)
             time.sleep(0.1)
         latencies = array("d")
-        errors = starved = 0
+        errors = starved = connects = 0
         for receive in pipes:
-            raw, errs = receive.recv()
+            raw, errs, opened = receive.recv()
+            connects += opened
             part = array("d")
             part.frombytes(raw)
             latencies.extend(part)
@@ -240,6 +255,7 @@ def _run_fleet(
         "starved_processes": starved,
         "server_connections": most_server,
         "client_connections": most_client,
+        "connects": connects,  # connections the processes' pools opened, warm-up included
     }
 
 
@@ -282,7 +298,7 @@ def run(ctx: Context) -> dict[str, Any]:
                         dsn, admin = limited_dsn, limited_admin
                     else:
                         dsn, admin = ctx.dsn, ctx.dsn
-                    result = _run_fleet(dsn, admin, sql, pool_size, seconds)
+                    result = _run_fleet(dsn, admin, sql, pool_size, seconds, key in NULL_POOL)
                     per_rep[query].setdefault(key, []).append(result)
                     ctx.advance(f"fleet / {query} / {key}")
             for _ in range((len(CONFIGS) - len(configs)) * len(queries)):  # skipped rows
@@ -299,6 +315,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 "starved_processes": max(r.get("starved_processes", 0) for r in runs),
                 "server_connections": max(r["server_connections"] for r in runs),
                 "client_connections": max(r["client_connections"] for r in runs),
+                "connects": max(r.get("connects", 0) for r in runs),
                 "per_rep": runs,
             }
     return {
@@ -327,7 +344,10 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> list[Table]:
     st = result["settings"]
-    cols = ["configuration", "query", "tx/s", "p50 ms", "p99 ms", "server", "client", "errors"]
+    cols = [
+        "configuration", "query", "tx/s", "p50 ms", "p99 ms", "server", "client", "connects",
+        "errors",
+    ]  # fmt: skip
     rows = []
     for query, by_key in result["rows"].items():
         tps = spread_column(by_key, "tps", 0)  # noise judged among the same query's rows
@@ -341,6 +361,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
                     fmt(row["p99_ms"]["median"], 2),
                     str(row["server_connections"]),
                     str(row["client_connections"]),
+                    str(row.get("connects", "")),
                     str(row["errors"]),
                 ]
             )
@@ -353,8 +374,11 @@ def tables(result: dict[str, Any]) -> list[Table]:
         + "; latency = checkout + transaction + return",
         "direct: straight to PostgreSQL; PgBouncer: in transaction mode, default_pool_size "
         "16 or 8; 2 ms sleep: SELECT pg_sleep(0.002)",
+        f"null pool: a NullConnectionPool(0, {st['maxconn']}) per process instead, which "
+        "closes each connection on return and connects again for the next request",
         "tx/s: transactions per second; server / client: the most connections seen, sampled "
-        "every 0.1 s (pg_stat_activity directly, SHOW POOLS through PgBouncer)",
+        "every 0.1 s (pg_stat_activity directly, SHOW POOLS through PgBouncer); connects: "
+        "connections the pools opened in one run, warm-up included",
         f"PgBouncer: {st['pgbouncer']}; {LIMIT} allowed: {st.get('limited', 'not run')}",
     ]
     starved = [

@@ -26,6 +26,23 @@ def test_fleet_through_pgbouncer_bounds_server_connections(
     assert result["client_connections"] == 2 * fleet.MAXCONN
     assert 1 <= result["server_connections"] <= 3
     assert result["p50_ms"] <= result["p99_ms"]
+    assert result["connects"] <= 2 * fleet.MAXCONN  # kept between requests
+
+
+@pytest.mark.skipif(find_pgbouncer() is None, reason=MISSING)
+@pytest.mark.skipif(bool(EXTERNAL_DSN), reason="PgBouncer needs the embedded server's trust")
+def test_fleet_null_pool_row_keeps_no_client_connection_between_requests(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fleet, "PROCESSES", 2)
+    result = fleet._run_fleet(dsn, dsn, "SELECT 1", pool_size=3, seconds=0.5, null=True)
+    assert result["errors"] == 0
+    assert result["tps"] > 0
+    assert result["client_connections"] <= 2 * fleet.MAXCONN  # never more than maxconn each
+    assert 1 <= result["server_connections"] <= 3
+    # A connect per request: at least as many as the requests measured after the warm-up
+    # (a ThreadedConnectionPool opens 2 x MAXCONN in all).
+    assert result["connects"] >= result["tps"] * 0.5 > 2 * fleet.MAXCONN
 
 
 def test_fleet_rows_need_pgbouncer_and_trust() -> None:
