@@ -143,13 +143,13 @@ class PoolMaintenance(PoolBase):
 
     def _ping_aside(self, slot: Slot) -> bool:
         """Ping an idle connection parked in `returning` (`PoolState.park_idle`), then put it
-        back on the idle stack, or close it if it did not answer. Returns whether it did."""
+        back in its place on the idle stack (`end_check`: a ping is not a use, so it does
+        not delay reaping), or close it if it did not answer. Returns whether it did."""
         alive = False
         try:
             alive = conn_ops.ping(slot.conn, PING_TIMEOUT)
         finally:
-            why = None if alive else "failed check"
-            if not self._record(self._state.end_return, slot, NOW, alive, why):
+            if not self._record(self._state.end_check, slot, NOW, alive):
                 conn_ops.close_quietly(slot.conn)
         return alive
 

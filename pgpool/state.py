@@ -19,6 +19,7 @@ session defaults to restore on return.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import deque
@@ -47,6 +48,10 @@ LIFETIME_JITTER = 0.95
 
 def _leased_at(slot: Slot) -> float:
     return slot.leased_at
+
+
+def _last_used(slot: Slot) -> float:
+    return slot.last_used
 
 
 def same_key(a: Hashable | None, b: Hashable | None) -> bool:
@@ -537,22 +542,35 @@ class PoolState:
         return parked
 
     def end_return(self, slot: Slot, now: float, keep: bool, why: Discard = None) -> bool:
-        """Cleaning (or an idle probe) finished: keep the connection (idle) or drop it (its
+        """Cleaning finished: keep the connection (idle, on top: just used) or drop it (its
         slot is freed), counting `why` it was dropped.
 
         Returns whether it was kept: never when the pool was closed meanwhile, in which
         case the caller, who holds the connection, closes it. Never either when maintenance
         took the slot back (it stayed in `returning` past max_lease) and closes it itself.
         """
+        return self._end_aside(slot, now, keep, why, used=True)
+
+    def end_check(self, slot: Slot, now: float, alive: bool) -> bool:
+        """A ping of an idle connection taken aside (`park_idle`: check() or the idle
+        probe) finished: like `end_return`, but a check is not a use. The connection goes
+        back to its place in the idle stack with its `last_used` unchanged: otherwise a
+        health probe calling check() more often than max_idle, or NOTIFYs arriving on a
+        LISTENing connection, would keep every idle connection from ever being reaped."""
+        return self._end_aside(slot, now, alive, None if alive else "failed check", used=False)
+
+    def _end_aside(self, slot: Slot, now: float, keep: bool, why: Discard, used: bool) -> bool:
         if slot.reclaiming or self.returning.get(id(slot.conn)) is not slot:
             return False  # reclaimed: the reclaim frees the slot once it has closed it
         del self.returning[id(slot.conn)]
         if not keep:
             self._count_discard(why)
         keep = keep and not self.closed
-        if keep:
+        if keep and used:
             slot.last_used = now
             self.idle.append(slot)
+        elif keep:
+            bisect.insort(self.idle, slot, key=_last_used)  # the stack stays ordered
         else:
             self.connections_closed += 1
         self.dispatch(now)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import select
 import sys
 import threading
 from collections.abc import Iterator
@@ -127,6 +128,29 @@ def test_idle_above_minconn_reaped_after_max_idle(
     wait_backends(dsn, app, 1)
     assert pool.getconn() is conns[3]
     pool.putconn(conns[3])
+
+
+def test_notifies_to_a_listening_idle_connection_do_not_keep_it_from_being_reaped(
+    pools: Pools, dsn: str, clock: FakeClock
+) -> None:
+    """A NOTIFY makes an idle LISTENing connection's socket readable, so maintenance's idle
+    probe pings it. The probe put it back as if just used: a channel notified more often
+    than max_idle kept the connection from ever being reaped. A check is not a use."""
+    pool = pools.threaded(0, 2, max_idle=1.0, clock=clock)
+    conn = pool.getconn()
+    with conn.cursor() as cursor:
+        cursor.execute("LISTEN pgpool_probe")
+    conn.commit()
+    pool.putconn(conn)
+    for _ in range(2):
+        clock.advance(0.6)
+        run_sql(dsn, "NOTIFY pgpool_probe")
+        assert select.select([conn], [], [], 10)[0], "the NOTIFY never arrived"
+        pool.maintain()  # probes it (pings: psycopg2 reads the notification), then reaps
+    assert conn.notifies, "the probe never pinged the connection"
+    s = pool.stats()
+    assert (s.idle, s.idle_reaped) == (0, 1)  # idle 1.2 s since its last use
+    assert conn.closed
 
 
 def test_only_connections_idle_longer_than_max_idle_are_reaped(

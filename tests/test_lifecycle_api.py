@@ -10,6 +10,7 @@ import time
 
 import psycopg2
 import pytest
+from fakes import FakeClock
 from faultsupport import count_backends, in_thread, kill_backends, pool_dsn, unique_app, wait_for
 
 import pgpool
@@ -233,6 +234,31 @@ def test_check_drops_dead_idle_connections_and_refills(dsn: str) -> None:
         _sessions_match(pool, dsn, app)
         with pool.connection() as conn:  # the replacements work
             assert conn.cursor() is not None
+    finally:
+        pool.closeall()
+
+
+def test_check_is_not_a_use(dsn: str) -> None:
+    """check() put each connection it pinged back as if just used: a health probe calling
+    it more often than max_idle kept the pool at its peak size for ever. Pinged, each
+    keeps its last use and its place in the idle stack, and is reaped on time."""
+    clock = FakeClock()
+    pool = pgpool.ThreadedConnectionPool(
+        0, 4, dsn, clock=clock, max_idle=1.0, maintenance_interval=None
+    )
+    try:
+        conns = [pool.getconn() for _ in range(4)]
+        for conn in conns:
+            pool.putconn(conn)
+            clock.advance(0.01)
+        for _ in range(3):
+            clock.advance(0.5)
+            assert pool.check() == 0
+            pool._state.check_invariants()  # the idle stack is still ordered by last use
+        assert [slot.conn for slot in pool._state.idle] == conns  # each in its place
+        pool.maintain()
+        s = pool.stats()
+        assert (s.idle, s.idle_reaped) == (0, 4)
     finally:
         pool.closeall()
 
