@@ -12,13 +12,13 @@ it never needed (and the server with as many backends); a pool that connects *wh
 holding its lock* (psycopg2.pool, psycopg2-pool, DBUtils) also stalls every other checkout
 and return for 150 ms per connect.
 
-pgpool opens at most ``max_connecting`` (2) connections at a time and hands returned
-connections to waiters first come first served, so the spike is served by the five it
-had, plus the few connects already in flight.
+pgpool's Threaded pool opens new connections on its connector thread, one at a time and
+only while callers wait, and hands returned connections to waiters first come first
+served, so the spike is served by the five it had, plus the one connect in flight.
 
 Reported: connections opened during the spike (and after it settled), and the time until
 all 50 requests were served, from the moment the threads were released. A ``--quick`` run
-uses 50 ms connects, so that the pools which connect under their lock finish in seconds.
+uses 20 ms connects, so that the pools which connect under their lock finish in seconds.
 """
 
 from __future__ import annotations

@@ -96,9 +96,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             name="spike",
             title="spike: 2 threads, then 30 at once, then 2 again; 150 ms connects",
-            watch="At the spike, lanes turn to 'connecting' a few at a time "
-            "(max_connecting), while returned connections already serve the queue; after "
-            "it, idle lanes above minconn are closed once max_idle (4 s) has passed.",
+            watch="At the spike, lanes turn to 'connecting' one at a time (pgpool's "
+            "connector opens one connection at a time), while returned connections already "
+            "serve the queue; after it, idle lanes above minconn close once max_idle (4 s) "
+            "has passed.",
             minconn=1,
             maxconn=10,
             phases=(
