@@ -1,0 +1,208 @@
+"""The figures quoted in README.md and docs/ agree with the committed results they come from.
+
+A bench figure written by hand drifts: the next run changes the results and the prose stays.
+Each quoted figure is written below as a template over values read from the committed run
+(docs/bench/results.json.gz); the rendered text must occur in the page. A new full run that
+moves a figure fails here until the page says what the run measured. The demo's frames
+(docs/demo/*.svg) are the results docs/demo.md quotes: its numbers are checked against
+the frame's text the same way.
+"""
+
+# The claims below are page text, one per line, so that each reads as the page does.
+# ruff: noqa: E501
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import spike
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "bench" / "results.json.gz"
+PG, P2 = "pgpool-threaded", "psycopg2-threaded"
+
+
+def _values() -> dict[str, Any]:
+    with gzip.open(RESULTS, "rt", encoding="utf-8") as file:
+        results = json.load(file)
+    s = results["scenarios"]
+
+    def med(row: dict[str, Any], metric: str) -> float:
+        return float(row[metric]["median"])
+
+    cyc = {v: s["cycle"]["variants"][v]["rows"] for v in ("noop", "select1")}
+    con = {v: s["contention"]["variants"][v]["rows"] for v in ("select1", "sleep2ms")}
+    one = s["contention"]["variants"]["select1_one_cpu"]["rows"]
+    churn, spk, unp = s["churn"]["rows"], s["spike"]["rows"], s["unpooled"]["rows"]
+    scale = s["scale"]
+    goals = results["goals"]
+    v: dict[str, Any] = {
+        "noop_pg": med(cyc["noop"][PG], "us"),
+        "noop_p2": med(cyc["noop"][P2], "us"),
+        "noop_best": med(cyc["noop"]["psycopg2-pool-ts"], "us"),
+        "sel_pg": med(cyc["select1"][PG], "us"),
+        "sel_p2": med(cyc["select1"][P2], "us"),
+        "sel_best": med(cyc["select1"]["psycopg2-pool-ts"], "us"),
+        "con_pg": med(con["select1"][PG], "qps"),
+        "con_p2": med(con["select1"][P2], "qps"),
+        "con_sqla": med(con["select1"]["sqlalchemy"], "qps"),
+        "con_psycopg": med(con["select1"]["psycopg_pool"], "qps"),
+        "con_wait_pg": med(con["select1"][PG], "wait_max_ms"),
+        "con_wait_p2": med(con["select1"][P2], "wait_max_ms"),
+        "con_wait_psycopg": med(con["select1"]["psycopg_pool"], "wait_max_ms"),
+        "con_fair_pg": med(con["select1"][PG], "fair_min_max"),
+        "con_ts_peak": con["select1"]["psycopg2-pool-ts"]["sessions"]["peak"],
+        "work_pg": med(con["sleep2ms"][PG], "qps"),
+        "work_p2": med(con["sleep2ms"][P2], "qps"),
+        "work_dbutils": med(con["sleep2ms"]["dbutils"], "qps"),
+        "work_wait_pg": med(con["sleep2ms"][PG], "wait_max_ms"),
+        "work_wait_p2": med(con["sleep2ms"][P2], "wait_max_ms"),
+        "work_wait_psycopg": med(con["sleep2ms"]["psycopg_pool"], "wait_max_ms"),
+        "one_pg": med(one[PG], "qps"),
+        "one_p2": med(one[P2], "qps"),
+        "one_dbutils": med(one["dbutils"], "qps"),
+        "churn_pg": med(churn[PG], "qps"),
+        "churn_p2": med(churn[P2], "qps"),
+        "churn_ts": med(churn["psycopg2-pool-ts"], "qps"),
+        "churn_rc_pg": med(churn[PG], "reconnects_per_1k"),
+        "churn_rc_p2": med(churn[P2], "reconnects_per_1k"),
+        "spike_pg": med(spk[PG], "served_s") * 1e3,
+        "spike_p2": med(spk[P2], "served_s") * 1e3,
+        "spike_psycopg": med(spk["psycopg_pool"], "served_s") * 1e3,
+        "spike_open_pg": med(spk[PG], "opened_after_settle"),
+        "spike_open_p2": med(spk[P2], "opened_after_settle"),
+        "spike_open_psycopg": med(spk["psycopg_pool"], "opened_after_settle"),
+        "scale_idle_pg": scale["maxconn"]["idle"][PG]["largest_vs_ref"],
+        "scale_idle_p2": scale["maxconn"]["idle"][P2]["largest_vs_ref"],
+        "scale_idle_sqla": scale["maxconn"]["idle"]["sqlalchemy"]["largest_vs_ref"],
+        "scale_thr_pg": scale["threads"][PG]["largest_vs_ref"],
+        "scale_thr_p2": scale["threads"][P2]["largest_vs_ref"],
+        "scale_thr_sqla": scale["threads"]["sqlalchemy"]["largest_vs_ref"],
+        "unpooled": med(unp["connect-per-request"], "us"),
+        "pooled": med(unp[PG], "us"),
+        "goals": len(goals),
+        "goals_met": sum(1 for goal in goals if goal["met"]),
+    }
+    v["noop_x"] = v["noop_pg"] / v["noop_p2"]
+    v["sel_x"] = v["sel_pg"] / v["sel_p2"]
+    v["con_x"] = v["con_pg"] / v["con_p2"]
+    v["con_vs_psycopg"] = v["con_pg"] / v["con_psycopg"]
+    v["con_vs_best"] = v["con_pg"] / v["con_sqla"]
+    v["one_x"] = v["one_pg"] / v["one_p2"]
+    v["work_x"] = v["work_pg"] / v["work_p2"]
+    v["churn_x"] = v["churn_pg"] / v["churn_p2"]
+    v["unpooled_x"] = v["unpooled"] / v["pooled"]
+    v["unpooled_ms"] = v["unpooled"] / 1e3
+    v["work_wait_p2_s"] = v["work_wait_p2"] / 1e3
+    v["spike_p2_s"] = v["spike_p2"] / 1e3
+    return v
+
+
+# (page, text with {value:format} fields): the rendered text must occur in the page.
+CLAIMS = [
+    ("README.md", "| seed configuration `(1, 3)`, 3 threads: queries per second | {churn_pg:,.0f} | {churn_p2:,.0f} | pgpool {churn_x:.1f}x faster; {churn_rc_pg:.0f} connects against {churn_rc_p2:.0f} per 1000 requests |"),
+    ("README.md", "| 50 threads at once, 150 ms connects: until all are served | {spike_pg:,.0f} ms | {spike_p2:,.0f} ms | pgpool opens {spike_open_pg:.0f} connection, psycopg2.pool {spike_open_p2:.0f} (psycopg_pool: {spike_psycopg:,.0f} ms, {spike_open_psycopg:.0f}) |"),
+    ("README.md", "| 16 threads on 4 connections, `SELECT 1`: worst checkout wait | {con_wait_pg:,.1f} ms | {con_wait_p2:,.0f} ms |"),
+    ("README.md", "| ... and queries per second | {con_pg:,.0f} | {con_p2:,.0f} | ... which makes it faster: pgpool {con_x:.2f}x ({one_x:.2f}x on one CPU), {con_vs_psycopg:.1f}x psycopg_pool, {con_vs_best:.2f}x the best other pool within its maxconn |"),
+    ("README.md", "| 16 threads on 4 connections, 2 ms queries: queries per second | {work_pg:,.0f} | {work_p2:,.0f} | pgpool {work_x:.2f}x, worst wait {work_wait_pg:.1f} ms against {work_wait_p2_s:.0f} s |"),
+    ("README.md", "| one thread, checkout + return, no query | {noop_pg:.2f} µs | {noop_p2:.2f} µs | pgpool {noop_x:.2f}x slower"),
+    ("README.md", "| one thread, checkout + `SELECT 1` + return | {sel_pg:.1f} µs | {sel_p2:.1f} µs | pgpool {sel_x:.2f}x slower"),
+    ("README.md", "A new connection per request instead of a pool: {unpooled:,.0f} µs per `SELECT 1`, {unpooled_x:.0f}x slower."),
+    ("docs/benchmarks.md", "| cycle: checkout + return | {noop_pg:.2f} µs | {noop_p2:.2f} µs | {noop_x:.2f}x | {noop_best:.2f} µs (psycopg2-pool TS) |"),
+    ("docs/benchmarks.md", "| cycle: ... + SELECT 1 | {sel_pg:.1f} µs | {sel_p2:.1f} µs | {sel_x:.2f}x | {sel_best:.1f} µs (psycopg2-pool TS) |"),
+    ("docs/benchmarks.md", "| contention SELECT 1: q/s | {con_pg:,.0f} | {con_p2:,.0f} | {con_x:.2f}x | {con_sqla:,.0f} (SQLAlchemy) |"),
+    ("docs/benchmarks.md", "| contention SELECT 1: max wait | {con_wait_pg:.1f} ms | {con_wait_p2:,.0f} ms | — | {con_wait_psycopg:.1f} ms (psycopg_pool) |"),
+    ("docs/benchmarks.md", "| contention 2 ms work: q/s | {work_pg:,.0f} | {work_p2:,.0f} | {work_x:.2f}x | {work_dbutils:,.0f} (DBUtils) |"),
+    ("docs/benchmarks.md", "| contention 2 ms work: max wait | {work_wait_pg:.1f} ms | {work_wait_p2:,.0f} ms | — | {work_wait_psycopg:.1f} ms (psycopg_pool) |"),
+    ("docs/benchmarks.md", "| contention, one CPU: q/s | {one_pg:,.0f} | {one_p2:,.0f} | {one_x:.2f}x | {one_dbutils:,.0f} (DBUtils) |"),
+    ("docs/benchmarks.md", "| churn (1, 3): q/s | {churn_pg:,.0f} | {churn_p2:,.0f} | {churn_x:.2f}x | {churn_ts:,.0f} (psycopg2-pool TS) |"),
+    ("docs/benchmarks.md", "| churn: connects per 1000 requests | {churn_rc_pg:.0f} | {churn_rc_p2:.0f} |"),
+    ("docs/benchmarks.md", "| spike: all 50 served | {spike_pg:,.0f} ms | {spike_p2:,.0f} ms | — | {spike_psycopg:,.0f} ms (psycopg_pool) |"),
+    ("docs/benchmarks.md", "| spike: connections opened | {spike_open_pg:.0f} | {spike_open_p2:.0f} | — | {spike_open_psycopg:.0f} (psycopg_pool) |"),
+    ("docs/benchmarks.md", "| scale: cost at maxconn 1000 / at 4 | {scale_idle_pg:.2f}x | {scale_idle_p2:.2f}x | — | {scale_idle_sqla:.2f}x (SQLAlchemy) |"),
+    ("docs/benchmarks.md", "| scale: cost at 256 threads / at 1 | {scale_thr_pg:.2f}x | {scale_thr_p2:.2f}x | — | {scale_thr_sqla:.2f}x (SQLAlchemy) |"),
+    ("docs/benchmarks.md", "| SELECT 1 with a new connection per request | {unpooled:,.0f} µs: {unpooled_x:.0f}x slower than through pgpool |"),
+    ("docs/benchmarks.md", "on the quiet machine pgpool made {con_pg:,.0f} q/s and psycopg2's loop {con_p2:,.0f}"),
+    ("docs/benchmarks.md", "Pinned to one CPU, the same contention reaches {one_x:.2f}x."),
+    ("docs/benchmarks.md", "ThreadSafeConnectionPool opened {con_ts_peak} sessions against a `maxconn` of 4"),
+    ("docs/benchmarks.md", "a new connection per request costs ~{unpooled_ms:.1f} ms"),
+    ("docs/benchmarks.md", "a pooled `SELECT 1` costs ~{pooled:.0f} µs."),
+    ("docs/benchmarks.md", "pgpool is the faster of the two fair pools ({con_vs_psycopg:.1f}x psycopg_pool here)"),
+    ("docs/benchmarks.md", "it opened {con_ts_peak} connections where 4 were\n  allowed"),
+    ("docs/benchmarks.md", "connects 45 times, one after another under its lock ({spike_p2_s:.0f} s)"),
+    ("docs/benchmarks.md", "{goals_met} of {goals} goals met in this run"),
+    ("docs/benchmarks.md", "now met ({spike_pg:.0f} ms against psycopg_pool's {spike_psycopg:.0f} ms, one connection opened each)"),
+    ("docs/benchmarks.md", "({con_wait_pg:.1f} ms against {con_wait_psycopg:.1f} ms, within the spread), with fairness {con_fair_pg:.2f}"),
+    ("docs/benchmarks.md", "**Cycle, no query: {noop_x:.2f}x psycopg2 (goal ≤ 1.0x).**"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def values() -> dict[str, Any]:
+    return _values()
+
+
+@pytest.mark.parametrize(("page", "claim"), CLAIMS, ids=lambda c: c[:48] if "|" in c else c)
+def test_quoted_figure_matches_the_committed_run(
+    page: str, claim: str, values: dict[str, Any]
+) -> None:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    expected = claim.format_map(values)
+    assert expected in text, f"{page} should say, from {RESULTS.name}:\n{expected}"
+
+
+def test_a_drifted_figure_is_caught(values: dict[str, Any]) -> None:
+    # Guards the check: the same claim with another run's value no longer matches.
+    moved = {**values, "churn_pg": values["churn_pg"] * 1.5}
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert CLAIMS[0][1].format_map(values) in text
+    assert CLAIMS[0][1].format_map(moved) not in text
+
+
+def test_spike_docstring_states_the_quick_connect_delay() -> None:
+    assert f"uses {spike.QUICK_CONNECT_DELAY * 1e3:.0f} ms connects" in (spike.__doc__ or "")
+
+
+# -- the demo's page against its own frames -------------------------------------------------
+
+
+def frame_text(name: str) -> str:
+    """The text of a recorded frame, one space between words."""
+    svg = (ROOT / "docs" / "demo" / f"{name}.svg").read_text(encoding="utf-8")
+    texts = re.findall(r"<text[^>]*>(.*?)</text>", svg, re.DOTALL)
+    plain = " ".join(html.unescape(re.sub(r"<[^>]+>", "", t)) for t in texts)
+    return " ".join(plain.replace("\xa0", " ").split())
+
+
+# (frame, what docs/demo.md says, what the frame shows): both must occur.
+DEMO_CLAIMS = [
+    ("contention", "the longest wait was 69 ms", "longest wait 69 ms"),
+    ("contention", "wait for the whole run (12.1 s\nhere)", "longest wait 12,054 ms"),
+    ("restart", "6 failed\nrequests in this run, against psycopg2.pool's 247", "errors 6"),
+    ("restart", "6 failed\nrequests in this run, against psycopg2.pool's 247", "errors 247"),
+    ("restart", "its longest wait was 3.2 s", "longest wait 3,205 ms"),
+    ("restart", "(at 7.4 s, against 6.3 s)", "7.4s pgpool opened 6 connection(s)"),
+    ("restart", "(at 7.4 s, against 6.3 s)", "6.3s server back"),
+    ("restart", "(655 connects in 14 s)", "errors 247 opened 655"),
+    ("spike", "82 connects for 195 queries", "queries 195 errors 0 opened 82"),
+    ("spike", "against pgpool's 10\nfor 2,147", "queries 2,147 errors 0 opened 10"),
+    ("spike", "a longest wait of 4.6 s against 0.2 s", "longest wait 4,574 ms"),
+    ("spike", "a longest wait of 4.6 s against 0.2 s", "longest wait 223 ms"),
+    ("spike", "one connect at a time", "'connecting' one at a time"),
+    ("steady", "the pool grows to four connections and no further", "opened 4 longest wait"),
+    ("leak", "pgpool takes it back after four seconds", "reclaimed 1"),
+]
+
+
+@pytest.mark.parametrize(("frame", "page_says", "frame_shows"), DEMO_CLAIMS)
+def test_demo_page_quotes_its_frame(frame: str, page_says: str, frame_shows: str) -> None:
+    page = (ROOT / "docs" / "demo.md").read_text(encoding="utf-8")
+    assert page_says in page, f"docs/demo.md no longer says {page_says!r}"
+    assert frame_shows in frame_text(frame), f"docs/demo/{frame}.svg does not show {frame_shows!r}"
