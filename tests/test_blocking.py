@@ -505,10 +505,11 @@ def test_connect_to_a_bad_port_raises_operational_error(pools: Pools) -> None:
 
 
 def test_bad_port_fails_the_constructor() -> None:
-    with pytest.raises(psycopg2.OperationalError):
+    with pytest.raises(psycopg2.OperationalError) as raised:
         pgpool.ThreadedConnectionPool(
             1, 2, host="127.0.0.1", port=_closed_port(), connect_timeout=5
         )
+    assert not isinstance(raised.value, pgpool.PoolError)  # the driver's, not a PoolTimeout
 
 
 def test_failing_configure_closes_the_new_connection_and_frees_its_slot(

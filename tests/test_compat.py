@@ -11,6 +11,7 @@ with `==`.
 from __future__ import annotations
 
 import functools
+import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -304,6 +305,67 @@ def test_server_down_a_waiting_caller_gets_pool_timeout_caused_by_the_error(
     assert _outcome(ours) == ("PoolTimeout", "OperationalError")
     assert _outcome(ours, timeout=0) == ("OperationalError", None)
     assert _outcome(simple) == ("OperationalError", None)
+
+
+def _database_is_down(pool: Any, **getconn: Any) -> str:
+    """A request handler as written for psycopg2.pool: OperationalError means "down"."""
+    try:
+        pool.putconn(pool.getconn(**getconn))
+    except psycopg2.OperationalError:
+        return "503 database unavailable"
+    except psycopg2.pool.PoolError:
+        return "503 pool exhausted"
+    return "200"  # pragma: no cover - nothing listens on port 1
+
+
+def test_server_down_the_handler_written_for_psycopg2_pool_still_fires(pools: Pools) -> None:
+    """PoolTimeout is an OperationalError, as psycopg_pool's is: the "database is down"
+    handler of psycopg2.pool code fires for a caller that waited, not only for one that
+    connected itself. So does TooManyWaiting, for a caller refused while the queue is full
+    of callers waiting for a server that is down. Both still are PoolErrors."""
+    theirs = pools.add(psycopg2.pool.ThreadedConnectionPool(0, 2, DOWN))
+    ours = pools.threaded(0, 2, DOWN, timeout=0.2)
+    assert _database_is_down(theirs) == "503 database unavailable"
+    assert _database_is_down(ours) == "503 database unavailable"
+    with pytest.raises(pgpool.PoolTimeout) as waited:
+        ours.getconn()
+    assert isinstance(waited.value, psycopg2.pool.PoolError)
+    assert isinstance(waited.value.__cause__, psycopg2.OperationalError)  # the driver's error
+    assert not isinstance(waited.value.__cause__, pgpool.PoolError)
+    assert "the last connect failed: OperationalError" in str(waited.value)
+
+    queued = pools.threaded(0, 1, DOWN, timeout=5, max_waiting=1)
+    first = Task(queued.getconn)
+    wait_until(lambda: queued.stats().waiting == 1)
+    assert _database_is_down(queued) == "503 database unavailable"  # refused at once
+    with pytest.raises(psycopg2.pool.PoolError):
+        queued.getconn()
+    queued.closeall()
+    assert isinstance(first.error(), pgpool.PoolClosed)
+
+
+@pytest.mark.parametrize("cls", [pgpool.PoolTimeout, pgpool.TooManyWaiting])
+def test_the_operational_pool_errors_are_sound_exceptions(cls: type[Exception]) -> None:
+    """Both bases in the MRO, before psycopg2.Error; picklable (a multiprocessing worker
+    sends it back) with its message; str and repr as for any exception."""
+    mro = cls.__mro__
+    assert mro.index(pgpool.PoolError) < mro.index(psycopg2.pool.PoolError)
+    assert mro.index(psycopg2.pool.PoolError) < mro.index(psycopg2.OperationalError)
+    assert mro.index(psycopg2.OperationalError) < mro.index(psycopg2.Error)
+    error = cls("pool 'p' waited 1.000 s")
+    assert str(error) == "pool 'p' waited 1.000 s"
+    assert repr(error) == f"{cls.__name__}(\"pool 'p' waited 1.000 s\")"
+    assert (error.pgcode, error.pgerror) == (None, None)  # what psycopg2 handlers read
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is cls and str(copy) == str(error)
+
+
+def test_pool_closed_is_a_pool_error_not_an_operational_error() -> None:
+    """As psycopg2.pool's closed pool: a closed pool will never serve again, so a retry loop
+    around OperationalError must not spin on it."""
+    assert issubclass(pgpool.PoolClosed, psycopg2.pool.PoolError)
+    assert not issubclass(pgpool.PoolClosed, psycopg2.OperationalError)
+    assert not issubclass(pgpool.PoolError, psycopg2.OperationalError)
 
 
 def test_returned_connections_kept_above_minconn(pools: Pools) -> None:

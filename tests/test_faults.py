@@ -462,8 +462,9 @@ def test_minconn_zero_pool_starts_while_server_down_and_serves_once_up(
     server.stop()
     with pgpool.ThreadedConnectionPool(0, 2, pool_dsn(server.dsn, app), timeout=1) as pool:
         thread_name = f"pgpool-connector-{pool.name}"
-        with pytest.raises(psycopg2.OperationalError):
+        with pytest.raises(psycopg2.OperationalError) as connected:
             pool.getconn(timeout=0)  # connects itself: the driver's error
+        assert not isinstance(connected.value, pgpool.PoolError)  # PoolTimeout is one too
         with pytest.raises(pgpool.PoolTimeout) as waited:
             pool.getconn()  # waits for the connector: a timeout carrying the driver's error
         assert isinstance(waited.value.__cause__, psycopg2.OperationalError)
@@ -598,8 +599,9 @@ def test_server_full(tiny_server: EmbeddedPostgres, app: str) -> None:
         else:
             pytest.fail("max_connections never reached")
         with pgpool.ThreadedConnectionPool(0, 2, pool_dsn(tiny_server.dsn, app), timeout=1) as pool:
-            with pytest.raises(psycopg2.OperationalError, match="too many clients"):
+            with pytest.raises(psycopg2.OperationalError, match="too many clients") as connected:
                 pool.getconn(timeout=0)  # connects itself: the driver's error
+            assert not isinstance(connected.value, pgpool.PoolError)  # PoolTimeout is one too
             with pytest.raises(pgpool.PoolTimeout, match="too many clients") as waited:
                 pool.getconn()  # waits for the connector: a timeout naming the error
             assert isinstance(waited.value.__cause__, psycopg2.OperationalError)

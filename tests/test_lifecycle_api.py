@@ -99,8 +99,9 @@ def test_a_simple_pool_opens_inline_and_fails_fast(dsn: str) -> None:
     assert pool.stats().idle == 1
     pool.closeall()
     down = pgpool.SimpleConnectionPool(1, 2, "host=127.0.0.1 port=1 connect_timeout=2", open=False)
-    with pytest.raises(psycopg2.OperationalError):
+    with pytest.raises(psycopg2.OperationalError) as raised:
         down.open()
+    assert not isinstance(raised.value, pgpool.PoolError)  # the driver's, not a PoolTimeout
     assert down.stats().connecting == 0  # the failed connect gave its slot back
 
 
