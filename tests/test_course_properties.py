@@ -102,3 +102,31 @@ def render() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# Where a chapter names the matrix's rows a pool fails: (chapter, the paragraph's first
+# words, the pools it speaks of). The rows it quotes must be exactly those they all fail.
+CHAPTER_CLAIMS = [
+    ("00-why-pool.md", "**Next:** keep the connections", ("step0",)),
+    ("05-reserve-connect.md", "**Next:** this pool never looks", ("step1", "step2", "step3",
+                                                                  "step4", "step5")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("chapter", "start", "pools"), CHAPTER_CLAIMS)
+def test_chapter_names_the_rows_the_matrix_fails(
+    chapter: str, start: str, pools: tuple[str, ...]
+) -> None:
+    text = (MATRIX.parent / chapter).read_text(encoding="utf-8")
+    paragraph = text.partition(start)[2].partition("\n\n")[0]
+    assert paragraph, f"{chapter}: no paragraph starting {start!r}"
+    titles = {p.title for p in PROPERTIES}
+    quoted = {title for title in titles if f'"{title}"' in paragraph.replace("\n", " ")}
+    failing = {
+        p.title
+        for p in PROPERTIES
+        if all(expected(next(s for s in SUBJECTS if s.key == k), p) == "FAIL" for k in pools)
+    }
+    assert quoted == failing, (
+        f"{chapter} names {sorted(quoted)}, the matrix fails {sorted(failing)}"
+    )
