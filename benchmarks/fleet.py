@@ -344,10 +344,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> list[Table]:
     st = result["settings"]
-    cols = [
-        "configuration", "query", "tx/s", "p50 ms", "p99 ms", "server", "client", "connects",
-        "errors",
-    ]  # fmt: skip
+    cols = ["configuration", "query", "tx/s", "p50 ms", "p99 ms", "server", "client", "errors"]
     rows = []
     for query, by_key in result["rows"].items():
         tps = spread_column(by_key, "tps", 0)  # noise judged among the same query's rows
@@ -361,7 +358,6 @@ def tables(result: dict[str, Any]) -> list[Table]:
                     fmt(row["p99_ms"]["median"], 2),
                     str(row["server_connections"]),
                     str(row["client_connections"]),
-                    str(row.get("connects", "")),
                     str(row["errors"]),
                 ]
             )
@@ -377,10 +373,25 @@ def tables(result: dict[str, Any]) -> list[Table]:
         f"null pool: a NullConnectionPool(0, {st['maxconn']}) per process instead, which "
         "closes each connection on return and connects again for the next request",
         "tx/s: transactions per second; server / client: the most connections seen, sampled "
-        "every 0.1 s (pg_stat_activity directly, SHOW POOLS through PgBouncer); connects: "
-        "connections the pools opened in one run, warm-up included",
+        "every 0.1 s (pg_stat_activity directly, SHOW POOLS through PgBouncer)",
         f"PgBouncer: {st['pgbouncer']}; {LIMIT} allowed: {st.get('limited', 'not run')}",
     ]
+    # How many connections the pools opened tells the null pool (one per request) from the
+    # others (each connection kept for the whole run).
+    kept = [r["connects"] for rs in result["rows"].values() for k, r in rs.items()
+            if "connects" in r and k not in NULL_POOL]  # fmt: skip
+    null = [
+        f"{r['connects']:,} ({QUERY_NAMES.get(query, query)})"
+        for query, rs in result["rows"].items()
+        for k, r in rs.items()
+        if "connects" in r and k in NULL_POOL
+    ]
+    if kept or null:
+        notes.append(
+            "connections the pools opened (the most in one run, warm-up included): "
+            + (f"at most {max(kept)} in the other rows" if kept else "")
+            + (f"; null pool {', '.join(null)}" if null else "")
+        )
     starved = [
         f"{result['labels'][key]} ({QUERY_NAMES.get(query, query)}): {row['starved_processes']}"
         for query, by_key in result["rows"].items()
