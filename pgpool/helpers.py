@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -50,6 +51,7 @@ class DBHelper:
         # One exit hook for the helper's whole life, however often it re-creates its pool
         # (it does after a shutdown): one per pool would pile up, each keeping it alive.
         self._exit_hook_registered = False
+        _helpers.add(self)
 
     @property
     def pool(self) -> ThreadedConnectionPool:
@@ -93,5 +95,18 @@ class DBHelper:
             # returned: closing one mid-query would wait for the query to end.
             pool.closeall(in_use=False)
 
+
+# Every helper, so that a forked child gives each a new lock: the child's first use and its
+# atexit hook take it, and a parent thread holding it at the fork (creating the pool) does
+# not exist in the child to release it.
+_helpers: weakref.WeakSet[DBHelper] = weakref.WeakSet()
+
+
+def _new_locks_after_fork() -> None:
+    for helper in list(_helpers):
+        helper._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 db_helper = DBHelper()
