@@ -10,8 +10,10 @@ re-acquire: whoever rings it has already written everything the sleeper needs (a
 finds its connection leased to it), so a woken thread goes on without queueing for the
 pool's lock behind the thread that woke it.
 
-`ring` and `rearm` are called with the pool's lock held, `sleep` without it. The `rung`
-flag makes ringing twice before the sleeper wakes the same as ringing once.
+`ring` and `rearm` are called with the pool's lock held, `sleep` without it. (One
+exception: the connector's bell is rung without the lock by the pool's finalizer, once the
+pool is gone and nobody else can ring or rearm it; see connector.py.) The `rung` flag makes
+ringing twice before the sleeper wakes the same as ringing once.
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ It is a polite guest of the pool, in three ways:
 * it sleeps on a bell (bell.py) that `closeall()` and the pool's collection ring, so it
   ends at once, and nothing ever joins it;
 * it is a daemon thread, so it never keeps the interpreter alive or delays its exit.
+
+No exit path takes a lock. The finalizer that rings the bell when the pool is collected
+takes none (nobody else can ring it then), and does not run at interpreter exit. It used
+to take the pool's lock: a child forked while a parent thread held that lock got a new
+lock for its pool, but the finalizer kept the old one, held for ever by a thread that does
+not exist in the child, and the child hung in its exit handlers after `sys.exit()`.
 """
 
 from __future__ import annotations
@@ -37,12 +43,10 @@ PAUSE_AFTER_ERROR = 1.0
 
 class ConnectorPool(Protocol):
     """What the connector needs of its pool (a ThreadedConnectionPool): a name for its
-    thread and its logs, the lock its bell is rung under, and the round to run."""
+    thread and its logs, and the round to run."""
 
     @property
     def name(self) -> str: ...
-
-    _lock: threading.Lock
 
     def _connector_round(self) -> float | None: ...
 
@@ -57,20 +61,24 @@ class Connector:
             name=f"pgpool-connector-{pool.name}",
             daemon=True,
         )
-        # When the pool is garbage-collected, wake the thread so that it ends now.
-        weakref.finalize(pool, _ring, pool._lock, bell)
+        # When the pool is garbage-collected, wake the thread so that it ends now. Rung
+        # without the pool's lock: once the pool is gone nobody else rings or rearms the
+        # bell (both need the pool). Not at interpreter exit (atexit=False): the pool may
+        # still be in use then, and the daemon thread ends with the process anyway.
+        self._finalizer = weakref.finalize(pool, bell.ring)
+        self._finalizer.atexit = False
 
     def start(self) -> None:
         self._thread.start()
 
+    def forget(self) -> None:
+        """In a forked child, where this thread does not exist: the pool's collection must
+        not ring the parent's bell (the child's pool starts a connector of its own)."""
+        self._finalizer.detach()
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
-
-
-def _ring(lock: threading.Lock, bell: Bell) -> None:
-    with lock:
-        bell.ring()
 
 
 def _run(pool_ref: weakref.ref[ConnectorPool], bell: Bell) -> None:

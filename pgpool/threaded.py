@@ -97,6 +97,8 @@ class ThreadedConnectionPool(AbstractConnectionPool):
         return min(self._next_maintenance, retry) - now
 
     def _after_fork_in_child(self) -> None:
+        if self._connector is not None:
+            self._connector.forget()
         super()._after_fork_in_child()
         self._start_connector()  # threads do not survive fork(): the child starts its own
 
