@@ -197,7 +197,8 @@ class AbstractConnectionPool(PoolMaintenance):
                 and self._reset is None
             ):
                 now = self._clock()
-                if now < slot.expires_at:
+                # Shrinking after resize(): the long way, where end_return decides.
+                if now < slot.expires_at and not state.shrinking:
                     if slot.key is None and not state.waiters:
                         # PoolState.give_back(slot, now), inlined for the common case
                         # (tests/test_fast_path.py checks that both do the same).
@@ -326,9 +327,12 @@ class AbstractConnectionPool(PoolMaintenance):
     def resize(self, minconn: int, maxconn: int) -> None:
         """Change `minconn` and `maxconn` while the pool runs.
 
-        Shrinking closes idle connections above the new `maxconn` at once, and closes
-        checked-out ones as they come back, until the pool fits; it never opens more than the
-        new `maxconn` afterwards. Growing serves waiters at once and opens connections up to
+        Shrinking closes idle connections above the new `maxconn` at once and then, until the
+        pool fits, every connection that becomes free: returned, done being cleaned or
+        checked, or just opened by a connect already under way (what was checked out, or
+        being opened for a caller, stays with its caller until returned). Nothing is handed
+        out meanwhile, and it never opens more than the new `maxconn` afterwards. Growing
+        serves waiters at once (a shrink still under way ends) and opens connections up to
         the new `minconn`. Bad sizes raise the same errors as the constructor and change
         nothing.
         """
@@ -450,7 +454,9 @@ class AbstractConnectionPool(PoolMaintenance):
             raise  # gave up under the lock: nothing to undo
         except BaseException:
             # Interrupted (a signal handler raised, say): give back whatever we were handed.
-            self._record(state.abandon, waiter, NOW)
+            aside = self._record(state.abandon, waiter, NOW)
+            if aside is not None:  # handed a connection the shrinking pool may close
+                self._finish_return(aside, False)
             raise
         if waiter.error is not None:
             raise waiter.error

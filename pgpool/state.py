@@ -46,10 +46,6 @@ ORPHAN_GRACE = 5.0
 LIFETIME_JITTER = 0.95
 
 
-def _leased_at(slot: Slot) -> float:
-    return slot.leased_at
-
-
 def _last_used(slot: Slot) -> float:
     return slot.last_used
 
@@ -79,7 +75,6 @@ class Slot:
     # While in `returning`: since when, and whether the pool itself is closing it (reclaim).
     returning_since: float = 0.0
     reclaiming: bool = False
-    retiring: bool = False  # over a maxconn that resize() lowered: closed when it comes back
 
 
 class Waiter(Bell):
@@ -144,6 +139,12 @@ class PoolState:
 
     * ``len(idle) + len(leased) + len(returning) + connecting <= maxconn``: a slot is counted
       from the moment it is reserved for a connect until the connection is discarded.
+      The one exception is a pool that `resize` shrank below its size: it is then
+      `shrinking` until it fits, and meanwhile nothing is idle and no connect starts, and
+      every connection that becomes free, whatever state it comes from (returned, cleaned,
+      pinged, or just opened by the connector or a refill), is closed instead (`_retire`).
+      A connection leased when resize() was called, or being opened for a caller then,
+      stays with its caller until returned.
     * A connection is in exactly one of `idle`, `leased`, `returning`; `keys` maps a key to a
       slot in `leased`, and each leased slot with a key is found under that key.
     * If anyone waits, nothing is idle: `dispatch` hands an idle connection to the first
@@ -157,7 +158,7 @@ class PoolState:
         "connecting", "connections_closed", "connections_opened", "connector", "expired",
         "failed_checks", "failing_since", "idle", "idle_reaped", "keys", "last_connect_error",
         "leased", "leases_reclaimed", "next_connect_at", "options", "pending_keys",
-        "returning", "timeouts", "wait_time", "waiters", "waits",
+        "returning", "shrinking", "timeouts", "wait_time", "waiters", "waits",
     )  # fmt: skip
 
     def __init__(self, options: PoolOptions, *, closed: bool = False) -> None:
@@ -170,6 +171,9 @@ class PoolState:
         self.connecting = 0  # slots reserved for connects in flight
         self.waiters: deque[Waiter] = deque()
         self.closed = closed  # a pool forked while closed stays closed in the child
+        # resize() lowered maxconn below the size: connections that become free are closed
+        # until the pool fits (see the class docstring). Read by putconn's fast path.
+        self.shrinking = False
         # The background connector's bell (ThreadedConnectionPool), or None: then a waiter
         # that may grow the pool is given the right to connect and opens the connection
         # itself (SimpleConnectionPool, which starts no thread).
@@ -318,9 +322,13 @@ class PoolState:
 
     def connected_idle(self, slot: Slot, now: float, reservation: Reservation) -> bool:
         """A connect by the connector or a refill succeeded: the connection goes to the
-        oldest waiter, or onto the idle stack. False if the pool was closed meanwhile."""
+        oldest waiter, or onto the idle stack. False if the pool was closed or shrunk
+        meanwhile: the caller closes the connection."""
         reservation.left -= 1
         if not self._connect_succeeded():
+            return False
+        if self._retire():  # a connect begun before resize() shrank the pool
+            self.connections_closed += 1
             return False
         self.idle.append(slot)
         self.dispatch(now)
@@ -402,9 +410,15 @@ class PoolState:
         # Its leaving may let the next waiter open a connection.
         self.dispatch(now)
 
-    def abandon(self, waiter: Waiter, now: float) -> None:
-        """A waiter leaves by an exception: undo whatever `dispatch` had given it."""
+    def abandon(self, waiter: Waiter, now: float) -> Slot | None:
+        """A waiter leaves by an exception: undo whatever `dispatch` had given it.
+
+        Returns a connection it was handed that must be returned the long way (the pool is
+        `shrinking`: see `give_back`); the caller finishes that return after the lock."""
         if waiter.slot is not None:
+            if self.shrinking:
+                self.begin_return(waiter.slot, now)
+                return waiter.slot
             served = self.give_back(waiter.slot, now)
             if served is not None:
                 served.ring()
@@ -415,6 +429,7 @@ class PoolState:
             self.waiters.remove(waiter)
             self.wait_time += now - waiter.enqueued_at
             self.dispatch(now)
+        return None
 
     def dispatch(self, now: float) -> None:
         """Serve waiters in arrival order: an idle connection, else the right to connect.
@@ -513,6 +528,9 @@ class PoolState:
         while anyone waits, so `dispatch` would hand it this one), else on top of the idle
         stack. putconn inlines the second case (tests/test_fast_path.py compares them).
 
+        Not while `shrinking`: then a return goes through `begin_return` and `end_return`,
+        which decides whether the pool still has to close it.
+
         Returns the waiter served, whose bell the caller rings after releasing the lock.
         """
         if slot.key is not None:
@@ -565,7 +583,7 @@ class PoolState:
         del self.returning[id(slot.conn)]
         if not keep:
             self._count_discard(why)
-        keep = keep and not self.closed
+        keep = keep and not self.closed and not self._retire()
         if keep and used:
             slot.last_used = now
             self.idle.append(slot)
@@ -596,6 +614,16 @@ class PoolState:
             del self.returning[id(slot.conn)]
             self.connections_closed += 1
             self.dispatch(now)
+
+    def _retire(self) -> bool:
+        """Close the connection now becoming free (already out of the count) instead of
+        keeping it? Yes while the pool is `shrinking` and still has maxconn without it;
+        the pool fits again once that is no longer so, and stops shrinking."""
+        if not self.shrinking:
+            return False
+        maxconn = self.options.maxconn
+        self.shrinking = self.size > maxconn
+        return self.size >= maxconn
 
     def _count_discard(self, why: Discard) -> None:
         if why == "expired":
@@ -705,23 +733,15 @@ class PoolState:
 
     def resize(self, options: PoolOptions, now: float) -> list[Slot]:
         """New sizes: return the idle connections to close now (the coldest first) so that
-        the pool fits the new maxconn; checked-out ones still over it are marked to retire,
-        closed as they come back. Waiters are served if the pool grew."""
+        the pool fits the new maxconn. If it still does not (too many are checked out,
+        being returned or checked, or being opened), the pool is `shrinking` until it
+        fits: see `_retire`. Growing ends that at once, and serves waiters."""
         self.options = options
         excess = self.size - options.maxconn
         close = self.idle[: max(excess, 0)]  # the bottom of the stack is the coldest
         del self.idle[: len(close)]
         self.connections_closed += len(close)
-        excess -= len(close)
-        # The connections checked out longest retire first: likelier to come back soon.
-        out = sorted([*self.leased.values(), *self.returning.values()], key=_leased_at)
-        for slot in out:
-            if excess <= 0:
-                break
-            if not slot.retiring:
-                slot.retiring = True
-                slot.expires_at = -math.inf  # a return discards an expired connection
-                excess -= 1
+        self.shrinking = self.size > options.maxconn  # then nothing is idle any more
         self.dispatch(now)
         return close
 
@@ -748,9 +768,9 @@ class PoolState:
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the bookkeeping is inconsistent (used by tests)."""
-        # Over maxconn only by connections a resize() marked to retire, until they return.
-        retiring = sum(s.retiring for s in [*self.leased.values(), *self.returning.values()])
-        assert self.size - retiring <= self.options.maxconn, "more connections than maxconn"
+        # Over maxconn only while shrinking after resize(), and then nothing may be idle.
+        assert self.size <= self.options.maxconn or self.shrinking, "more connections than maxconn"
+        assert not (self.shrinking and self.idle), "an idle connection while shrinking"
         assert self.connecting >= 0
         assert not (self.waiters and self.idle), "a waiter starves next to an idle connection"
         conns = [id(s.conn) for s in self.idle] + list(self.leased) + list(self.returning)

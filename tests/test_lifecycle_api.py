@@ -274,7 +274,7 @@ def test_resize_shrinks_at_once_and_as_connections_come_back(dsn: str) -> None:
         stats = pool.stats()
         assert (stats.minconn, stats.maxconn, stats.idle, stats.in_use) == (1, 2, 0, 3)
         _sessions_match(pool, dsn, app)
-        pool.putconn(held.pop(0))  # the longest checked out retires: closed on return
+        pool.putconn(held.pop(0))  # the first to come back is closed: the pool is over
         assert pool.stats().size == 2
         pool.putconn(held.pop(0))  # now it fits: kept
         assert pool.stats().size == 2 and pool.stats().idle == 1
@@ -289,6 +289,93 @@ def test_resize_shrinks_at_once_and_as_connections_come_back(dsn: str) -> None:
         with pytest.raises(ValueError, match="minconn"):
             pool.resize(3, 2)  # bad sizes change nothing
         assert (pool.minconn, pool.maxconn) == (1, 2)
+    finally:
+        pool.closeall()
+
+
+def test_resize_closes_a_connect_already_under_way(dsn: str) -> None:
+    """A connect the connector began before resize() lowered maxconn used to land on the
+    idle stack and go to a waiter: after resize(0, 1), two connections were checked out
+    at once and check_invariants failed. It is closed as it arrives."""
+    gate = threading.Event()
+    gate.set()
+
+    def gated_connect(*args: object, **kwargs: object) -> object:
+        assert gate.wait(10), "the test never opened the gate"
+        return psycopg2.connect(*args, **kwargs)
+
+    app = unique_app("shrink-connecting")
+    pool = pgpool.ThreadedConnectionPool(
+        0, 3, pool_dsn(dsn, app), connector=gated_connect, maintenance_interval=None
+    )
+    try:
+        held = pool.getconn()
+        gate.clear()
+        _thread, waiting = in_thread(lambda: pool.getconn(timeout=10))
+        wait_for(lambda: pool.stats().connecting == 1, what="the connector connecting")
+        pool.resize(0, 1)
+        assert pool.stats().size == 2  # the connect in flight is still counted
+        gate.set()
+        wait_for(lambda: pool.stats().connecting == 0, what="the connect to land")
+        pool._state.check_invariants()
+        stats = pool.stats()
+        assert (stats.size, stats.in_use, stats.idle, stats.waiting) == (1, 1, 0, 1)
+        pool.putconn(held)  # the pool fits: kept, and handed to the waiter
+        assert waiting.done.wait(10) and waiting.result is held
+        pool.putconn(held)
+        _sessions_match(pool, dsn, app)
+    finally:
+        gate.set()
+        pool.closeall()
+
+
+def test_resize_closes_a_return_being_cleaned(dsn: str) -> None:
+    """A return that had passed its checks (being cleaned: here, in the reset callback)
+    when resize() lowered maxconn went back on the idle stack: the pool stayed over
+    maxconn, and handed it out next to the connection still checked out."""
+    in_reset, let_go = threading.Event(), threading.Event()
+
+    def slow_reset(conn: object) -> None:
+        in_reset.set()
+        assert let_go.wait(10), "the test never let the reset finish"
+
+    app = unique_app("shrink-returning")
+    pool = pgpool.ThreadedConnectionPool(
+        0, 2, pool_dsn(dsn, app), reset=slow_reset, maintenance_interval=None
+    )
+    try:
+        first, second = pool.getconn(), pool.getconn()
+        _thread, returning = in_thread(lambda: pool.putconn(first))
+        assert in_reset.wait(10)
+        pool.resize(0, 1)
+        let_go.set()
+        assert returning.done.wait(10) and returning.error is None
+        pool._state.check_invariants()
+        assert first.closed and pool.stats().size == 1
+        with pytest.raises(pgpool.PoolTimeout):
+            pool.getconn(timeout=0)  # `second` is out: nothing more to hand out
+        pool.putconn(second)
+        assert pool.stats().idle == 1 and not second.closed
+        _sessions_match(pool, dsn, app)
+    finally:
+        let_go.set()
+        pool.closeall()
+
+
+def test_a_grow_after_a_shrink_keeps_what_the_shrink_would_have_closed(dsn: str) -> None:
+    """A shrink marked the checked-out connections to close on return, and a grow right
+    after did not unmark them: 4 of 5 were still closed as they came back."""
+    app = unique_app("shrink-grow")
+    pool = pgpool.ThreadedConnectionPool(0, 5, pool_dsn(dsn, app), maintenance_interval=None)
+    try:
+        held = [pool.getconn() for _ in range(5)]
+        pool.resize(0, 1)
+        pool.resize(0, 5)
+        for conn in held:
+            pool.putconn(conn)
+        stats = pool.stats()
+        assert (stats.idle, stats.connections_closed) == (5, 0)
+        pool._state.check_invariants()
     finally:
         pool.closeall()
 
