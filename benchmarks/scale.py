@@ -85,6 +85,7 @@ class StubConnection:
     """Just enough of a psycopg2 connection for a pool: open, idle, autocommit."""
 
     closed = 0
+    status = psycopg2.extensions.STATUS_READY  # not in a two-phase transaction
     autocommit = True
     isolation_level = psycopg2.extensions.ISOLATION_LEVEL_DEFAULT
     readonly = None
