@@ -15,7 +15,9 @@ The goals are issue 7's table, one line per condition:
 - cycle, no query: <= 1.0x psycopg2 Threaded; cycle with `SELECT 1`: <= 1.0x too;
 - scale, 1 -> 256 threads: growth <= SQLAlchemy QueuePool's;
 - churn (1, 3) and the goals met before (scale's pool-size axis, spike vs psycopg2.pool):
-  still met.
+  still met;
+- import: ``import pgpool`` within 1.5x psycopg2.pool's time and +2 MiB of its memory
+  (issue 18), each in a fresh interpreter.
 
 A contender that opened more sessions than the configured maximum (psycopg2-pool does,
 see contenders.py) is never the "best" or "other" pool a goal is judged against: it buys
@@ -330,12 +332,36 @@ def _scale(res: dict[str, Any]) -> list[Goal]:
     return goals
 
 
+def _import(res: dict[str, Any]) -> list[Goal]:
+    rows = res["rows"]
+    if "pgpool" not in rows or "psycopg2" not in rows:
+        return [Goal("import", "import pgpool vs psycopg2.pool", "not measured", None)]
+    mine, theirs = rows["pgpool"], rows["psycopg2"]
+    ms, base_ms = _median(mine, "ms"), _median(theirs, "ms")
+    mib, base_mib = _median(mine, "mib"), _median(theirs, "mib")
+    return [
+        Goal(
+            "import",
+            "import pgpool: time <= 1.5x psycopg2.pool's (fresh interpreters, medians)",
+            f"{ms:.1f} ms vs {base_ms:.1f} ms = {ms / base_ms:.2f}x" + _noise(mine, theirs, "ms"),
+            ms <= 1.5 * base_ms,
+        ),
+        Goal(
+            "import",
+            "import pgpool: memory added <= psycopg2.pool's + 2 MiB",
+            f"{mib:.1f} MiB vs {base_mib:.1f} MiB = {mib - base_mib:+.1f} MiB",
+            mib <= base_mib + 2.0,
+        ),
+    ]
+
+
 JUDGES: dict[str, Callable[[dict[str, Any]], list[Goal]]] = {
     "cycle": _cycle,
     "contention": _contention,
     "churn": _churn,
     "spike": _spike,
     "scale": _scale,
+    "import": _import,
 }
 
 

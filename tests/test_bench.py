@@ -31,7 +31,9 @@ from pgpool.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SCENARIOS = ["cycle", "contention", "churn", "spike", "scale", "unpooled", "fleet", "sizing"]
+SCENARIOS = [
+    "cycle", "contention", "churn", "spike", "scale", "unpooled", "fleet", "sizing", "import",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -292,7 +292,38 @@ def test_churn_goals_unchanged() -> None:
     assert [g.met for g in goals] == [True, True, True]
 
 
-@pytest.mark.parametrize("scenario", ["cycle", "contention", "churn", "spike", "scale"])
+def _imports(ms: float, mib: float) -> dict[str, Any]:
+    return {
+        "rows": {
+            "pgpool": {"ms": s(ms), "mib": s(mib)},
+            "psycopg2": {"ms": s(20.0), "mib": s(10.0)},
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("ms", "mib", "met"),
+    [(30.0, 12.0, [True, True]), (30.1, 12.0, [False, True]), (30.0, 12.1, [True, False])],
+)
+def test_import_within_15x_the_time_and_2_mib_of_psycopg2_pool(
+    ms: float, mib: float, met: list[bool]
+) -> None:
+    goals = [g for g in evaluate({"import": _imports(ms, mib)}) if g.scenario == "import"]
+    assert [g.met for g in goals] == met
+    assert goals[0].measured.startswith(f"{ms:.1f} ms vs 20.0 ms = ")
+    assert goals[1].measured == f"{mib:.1f} MiB vs 10.0 MiB = {mib - 10:+.1f} MiB"
+
+
+def test_import_measures_a_fresh_interpreter() -> None:
+    from benchmarks import imports
+
+    ms, mib = imports.measure("psycopg2.pool")
+    assert ms > 0 and mib > 0  # psycopg2 loads libpq: its import adds memory
+    empty_ms, _ = imports.measure("keyword")  # a module of a few lines, importing nothing
+    assert empty_ms < ms
+
+
+@pytest.mark.parametrize("scenario", ["cycle", "contention", "churn", "spike", "scale", "import"])
 def test_a_scenario_not_run_is_reported_not_run(scenario: str) -> None:
     goals = [g for g in evaluate({}) if g.scenario == scenario]
     assert [g.verdict for g in goals] == ["NOT RUN"]
