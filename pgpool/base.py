@@ -113,6 +113,59 @@ class PoolBase:
         open: bool = True,
         **kwargs: Any,
     ) -> None:
+        """Make a pool; every pool class takes these arguments.
+
+        `minconn`, `maxconn`, `*args` and `**kwargs` are psycopg2.pool's: the pool keeps at
+        least `minconn` and at most `maxconn` connections, each opened with
+        `psycopg2.connect(*args, **kwargs)`. The options below are keyword-only and none
+        collides with a libpq or `psycopg2.connect` parameter, so everything else passed
+        still goes to `psycopg2.connect` unchanged. A bad value raises at once, naming the
+        option. The README's options table and the site's are rendered from this list.
+
+        Args:
+            timeout: seconds `getconn` waits; `getconn(timeout=...)` overrides per call
+            max_waiting: callers allowed to queue (0: no limit); more get `TooManyWaiting`
+                at once
+            max_idle: idle connections above `minconn` are closed after this many seconds
+            max_lifetime: connections are replaced after this long (minus up to 5 %
+                jitter), never while checked out
+            max_lease: a checkout longer than this is a leak: closed, slot freed, warning
+                with the caller's stack (none: off)
+            health_check_after: a connection idle longer than this is pinged (`SELECT 1`)
+                before it is handed out; 0 pings every checkout (SQLAlchemy's
+                `pool_pre_ping`)
+            max_connecting: connects in flight at once, so a burst of callers cannot open
+                `maxconn` connections (a Threaded pool's connector opens them one at a
+                time, and only while callers wait)
+            maintenance_interval: how often maintenance reaps (`max_idle`), expires,
+                reclaims (`max_lease`) and refills to `minconn`: the background thread of a
+                Threaded pool, or a Simple pool's own calls. `None` turns all of that off
+                unless you call `pool.maintain()`
+            reconnect_timeout: after this many seconds of connects failing in a row while
+                the pool keeps retrying (the server is down), the pool logs a warning and
+                calls `reconnect_failed`, then keeps trying with its back-off and counts
+                again. A success ends the run, and so does a pause in the retries (nothing
+                needed a connection): two short blips far apart are not one long outage
+            reconnect_failed: called as `reconnect_failed(pool)`, outside the pool's lock,
+                each `reconnect_timeout` of failing connects (judged at each failed attempt,
+                so up to one back-off, 2 s, late): alert, or `pool.closeall()` to stop the
+                retries. It may run on the pool's connector thread, where `sys.exit()` does
+                not end the process: signal it instead,
+                `os.kill(os.getpid(), signal.SIGTERM)` (psycopg_pool's callback of the same
+                name)
+            reset: called with each returned connection; `pgpool.discard_all` wipes the
+                session
+            configure: called with each new connection; the psycopg2 session attributes
+                it sets become the defaults restored on return (SQL `SET`s it runs are
+                committed, but a `reset` like `DISCARD ALL` wipes them: put those in the
+                DSN's `options=-c ...`)
+            name: shown in `repr`, logs and errors (none: `pgpool-N`)
+            clock: injectable, for tests
+            connector: what opens a connection (called with your `*args, **kwargs`); one
+                that returns no psycopg2 connection gets a `TypeError` at the first connect
+            open: `False` creates the pool with no connection and no thread (a pre-fork
+                master, an app factory) until `open()`
+        """
         self._options = PoolOptions(
             minconn=minconn,
             maxconn=maxconn,
@@ -170,18 +223,22 @@ class PoolBase:
 
     @property
     def minconn(self) -> int:
+        """Connections the pool keeps open, idle or not (changed by `resize`)."""
         return self._options.minconn
 
     @property
     def maxconn(self) -> int:
+        """Connections the pool never exceeds, counting those being opened."""
         return self._options.maxconn
 
     @property
     def closed(self) -> bool:
+        """True once `closeall()` was called (as psycopg2.pool's attribute)."""
         return self._state.closed
 
     @property
     def name(self) -> str:
+        """The pool's name in its `repr`, logs and errors (`pgpool-N` unless given)."""
         return self._options.name
 
     # -- snapshots ------------------------------------------------------------------------

@@ -32,8 +32,8 @@ class PoolMaintenance(PoolBase):
     pool's API (`AbstractConnectionPool`, pool.py)."""
 
     def maintain(self) -> None:
-        """Run one maintenance pass now: ping the idle connections the server has dropped
-        (`_probe_idle`), close idle connections past `max_idle` (above `minconn`) or past
+        """Run one maintenance pass now: ping the idle connections the server has dropped,
+        close idle connections past `max_idle` (above `minconn`) or past
         `max_lifetime`, reclaim leases past `max_lease`, and refill to `minconn`. The
         background thread (or, for a Simple pool, its own calls) does this every
         `maintenance_interval`; call it yourself only to force it."""

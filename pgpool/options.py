@@ -32,7 +32,8 @@ PoolCallback = Callable[[Any], object]  # called with the pool itself
 
 @dataclass(frozen=True, slots=True)
 class PoolOptions:
-    """The validated settings of one pool. See the README's option table for the why of each.
+    """The validated settings of one pool: the constructor's keyword options (the options
+    table of the README and the API reference says what each means).
 
     The pool builds it from its keyword arguments; it is exported so the options can be
     read and introspected (`dataclasses.fields(PoolOptions)`), not to be passed to a pool.

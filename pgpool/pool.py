@@ -65,12 +65,13 @@ class AbstractConnectionPool(PoolMaintenance):
 
     `minconn`, `maxconn`, `*args` and `**kwargs` mean what they mean in psycopg2.pool: the
     pool keeps at least `minconn` and at most `maxconn` connections, each opened with
-    `psycopg2.connect(*args, **kwargs)`. The keyword-only options are pgpool's own and are
-    documented in `PoolOptions` and the README.
-
-    The constructor is `PoolBase.__init__` (base.py), as are `minconn`, `maxconn`, `closed`,
-    `name` and `stats()`; `maintain()` is `PoolMaintenance`'s (maintenance.py).
+    `psycopg2.connect(*args, **kwargs)`. The keyword-only options are pgpool's own: the
+    options table (README, API reference) says what each means.
     """
+
+    # For readers of the code: the constructor is `PoolBase.__init__` (base.py), as are
+    # `minconn`, `maxconn`, `closed`, `name` and `stats()`; `maintain()` and `check()` are
+    # `PoolMaintenance`'s (maintenance.py).
 
     # -- the psycopg2.pool API ------------------------------------------------------------
 

@@ -13,28 +13,55 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
+    """What `pool.stats()` and `pool.pop_stats()` return: gauges at one instant, and
+    counters since the pool was made or since the last `pop_stats()`.
+
+    Attributes:
+        name: the pool's name
+        minconn: the pool's `minconn` when the snapshot was taken
+        maxconn: the pool's `maxconn` when the snapshot was taken
+        size: gauge: connections that exist or are being opened (idle + in use +
+            connecting); never more than `maxconn`
+        idle: gauge: open connections waiting in the pool
+        in_use: gauge: connections checked out (or being cleaned on their way back)
+        connecting: gauge: connects in progress (each holds a slot)
+        waiting: gauge: callers queued in `getconn`
+        checkouts: successful `getconn` calls (a sticky key's repeat call included)
+        waits: checkouts that had to queue
+        timeouts: `getconn` calls that ran out of time
+        wait_time: seconds spent queued, summed over all waits
+        connections_opened: connects that succeeded
+        connect_errors: connects that failed
+        connections_closed: every connection the pool closed or dropped, for any reason
+        idle_reaped: closed after `max_idle`, above `minconn`
+        expired: closed after `max_lifetime`
+        leases_reclaimed: taken back after `max_lease`
+        broken_returns: returned closed or broken, or whose rollback or `reset` failed
+        failed_checks: idle connections found dead by the checkout health check
+    """
+
     name: str
     minconn: int
     maxconn: int
     # gauges
-    size: int  # connections that exist or are being opened: idle + in use + connecting
-    idle: int  # open connections waiting in the pool
-    in_use: int  # connections checked out (or being cleaned on their way back)
-    connecting: int  # slots reserved for a connect in progress
-    waiting: int  # callers queued in getconn
+    size: int
+    idle: int
+    in_use: int
+    connecting: int
+    waiting: int
     # counters (COUNTERS lists them; pop_stats() sets them back to zero)
-    checkouts: int = 0  # successful getconn calls (a sticky key's repeat call included)
-    waits: int = 0  # checkouts that had to queue
-    timeouts: int = 0  # getconn calls that ran out of time
-    wait_time: float = 0.0  # seconds spent queued, summed over all waits
+    checkouts: int = 0
+    waits: int = 0
+    timeouts: int = 0
+    wait_time: float = 0.0
     connections_opened: int = 0
     connect_errors: int = 0
-    connections_closed: int = 0  # every connection the pool closed or dropped, for any reason
-    idle_reaped: int = 0  # closed after max_idle above minconn
-    expired: int = 0  # closed after max_lifetime
-    leases_reclaimed: int = 0  # taken back after max_lease
-    broken_returns: int = 0  # returned closed/broken, or rollback/reset failed
-    failed_checks: int = 0  # idle connections found dead by the checkout health check
+    connections_closed: int = 0
+    idle_reaped: int = 0
+    expired: int = 0
+    leases_reclaimed: int = 0
+    broken_returns: int = 0
+    failed_checks: int = 0
 
 
 # The counters of PoolStats, in order: what pop_stats() resets and metrics export as totals.
