@@ -79,7 +79,7 @@ def options_table() -> str:
 def signature() -> str:
     """The constructor every pool class shares, one option per line."""
     params = list(inspect.signature(PoolBase.__init__).parameters.values())[1:]
-    lines = ["ThreadedConnectionPool(  # and SimpleConnectionPool: the same arguments"]
+    lines = ["ThreadedConnectionPool(  # Simple- and NullConnectionPool take the same arguments"]
     for param in params:
         if param.kind is inspect.Parameter.KEYWORD_ONLY:
             value = param.default
