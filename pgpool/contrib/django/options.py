@@ -45,9 +45,9 @@ DEFAULT_MAX_LEASE = 3600.0
 
 
 def pool_enabled(settings_dict: dict[str, Any]) -> bool:
-    """Whether this database is pooled: unless ``OPTIONS["pool"]`` is false, since choosing
-    this ENGINE is asking for a pool."""
-    return bool(settings_dict["OPTIONS"].get("pool", True))
+    """Whether this database is pooled: unless ``OPTIONS["pool"]`` is False (or None), since
+    choosing this ENGINE is asking for a pool; ``{}`` means the defaults."""
+    return settings_dict["OPTIONS"].get("pool", True) not in (False, None)
 
 
 def pool_arguments(alias: str, settings_dict: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,10 @@
+from django.urls import path
+from shop import views
+
+urlpatterns = [
+    path("hit/", views.hit),
+    path("session/", views.session),
+    path("dirty/", views.dirty),
+    path("boom/", views.boom),
+    path("note/", views.note),
+]

@@ -1,0 +1,294 @@
+"""ENGINE "pgpool.contrib.django": a real Django project on the suite's server.
+
+Django runs in a venv of its own (`scripts/_venv_django.sh` makes it on first use): it
+picks psycopg 3 whenever it can import it, and this suite's venv has psycopg 3. Each
+scenario of ``tests/django_project/scenarios.py`` runs in a fresh process of that venv and
+prints what it saw; the assertions are here. Django 5.2 runs by default, 4.2 LTS with
+``--run-slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sysconfig
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg2.extensions import parse_dsn
+
+from testbed.embedded import EmbeddedPostgres, run_sql
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = ROOT / "tests" / "django_project"
+SERIES = ["5.2", pytest.param("4.2", marks=pytest.mark.slow)]
+
+
+@dataclass
+class Django:
+    """One Django series' venv, with the project's two databases migrated on a server."""
+
+    series: str
+    python: Path
+    env: dict[str, str]
+
+    def run(
+        self, *args: str, pool: Any = None, check: bool = True,
+        environ: dict[str, str] | None = None, **settings: str,
+    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """Run ``python ARGS`` in the project, with OPTIONS["pool"] and settings overridden."""
+        env = {**self.env, **{f"PGPOOL_DJANGO_{k.upper()}": v for k, v in settings.items()}}
+        env.update(environ or {})
+        if pool is not None:
+            env["PGPOOL_DJANGO_POOL"] = json.dumps(pool)
+        done = subprocess.run(
+            [str(self.python), *args], cwd=PROJECT, env=env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return done
+
+    def scenario(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        done = self.run("scenarios.py", name, **kwargs)
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+
+def _databases(series: str) -> tuple[str, str]:
+    tag = f"pgpool_django{series.replace('.', '')}_{os.getpid()}"
+    return tag, f"{tag}_other"
+
+
+def _create(dsn: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        run_sql(dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        run_sql(dsn, f"CREATE DATABASE {name}")
+
+
+def _drop(dsn: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        run_sql(dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _environment(python: Path, dsn: str, names: tuple[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PGPOOL_", "PYTHON"))}
+    return {
+        **env, "PGPOOL_DJANGO_DSN": dsn, "PGPOOL_DJANGO_DB": names[0],
+        "PGPOOL_DJANGO_OTHER_DB": names[1],
+    }  # fmt: skip
+
+
+def _migrate(django: Django) -> None:
+    django.run("manage.py", "migrate", "--noinput", "-v", "0")
+    django.run("manage.py", "migrate", "--database", "other", "--noinput", "-v", "0")
+
+
+@pytest.fixture(scope="module", params=SERIES)
+def django_venv(request: pytest.FixtureRequest) -> Path:
+    series: str = request.param
+    subprocess.run(["bash", str(ROOT / "scripts" / "_venv_django.sh"), series],
+                   check=True, timeout=900, capture_output=True)  # fmt: skip
+    return ROOT / f".venv-django-{series}" / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def django(django_venv: Path, dsn: str) -> Iterator[Django]:
+    series = django_venv.parent.parent.name.rsplit("-", 1)[1]
+    names = _databases(series)
+    _create(dsn, names)
+    project = Django(series, django_venv, _environment(django_venv, dsn, names))
+    _migrate(project)
+    yield project
+    _drop(dsn, names)
+
+
+# -- the backend's set-up -------------------------------------------------------------------
+
+
+def test_import_pgpool_does_not_import_django(django: Django) -> None:
+    seen = django.scenario("imports")
+    assert seen["django_imported_by_pgpool"] is False
+    assert seen["pool_property"] == "None"  # Django 5.1+'s psycopg 3 pool path stays off
+
+
+def test_refuses_to_load_when_django_would_pick_psycopg3(django: Django) -> None:
+    # This suite's venv has psycopg 3: put it behind the Django venv's own packages.
+    done = django.run("scenarios.py", "settings_errors", check=False,
+                      environ={"PYTHONPATH": sysconfig.get_paths()["purelib"]})  # fmt: skip
+    assert done.returncode != 0
+    assert "pgpool.contrib.django pools psycopg2 connections" in done.stderr
+    assert "Uninstall psycopg" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("pool", "settings", "message"),
+    [
+        ({}, {"conn_max_age": "60"}, "Pooling doesn't support persistent connections."),
+        ({}, {"conn_max_age": "null"}, "Pooling doesn't support persistent connections."),
+        ({"num_workers": 3}, {}, "unknown setting(s) 'num_workers'"),
+        ({"reset": "pgpool.nothing_here"}, {}, "cannot import 'pgpool.nothing_here'"),
+        ({"max_size": 0}, {}, "maxconn must be >= 1"),
+        ("many", {}, "must be True or a dict"),
+    ],
+)
+def test_bad_settings_raise_improperly_configured(
+    django: Django, pool: Any, settings: dict[str, str], message: str
+) -> None:
+    seen = django.scenario("settings_errors", pool=pool, **settings)
+    assert seen["error"] == "ImproperlyConfigured"
+    assert message in seen["message"]
+
+
+def test_dotted_paths_and_pgpool_options_are_accepted(django: Django) -> None:
+    pool = {"min_size": 1, "max_size": 2, "reset": "pgpool.discard_all", "max_lease": None,
+            "health_check_after": 0, "max_connecting": 1, "timeout": 5}  # fmt: skip
+    assert django.scenario("settings_errors", pool=pool)["error"] is None
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def test_many_threads_through_wsgihandler_share_max_size_connections(django: Django) -> None:
+    seen = django.scenario("threads", pool={"max_size": 4})
+    assert seen["codes"] == [200]
+    assert seen["requests"] == 400
+    stats = seen["stats"]
+    assert stats["connections_opened"] == 4  # 16 threads, 416 checkouts, 4 connections
+    assert stats["checkouts"] >= 416
+    assert seen["server_sessions"] <= 4
+    assert stats["in_use"] == 0  # every request gave its connection back
+    assert seen["options"] == ["pool"]  # the shared settings are left as they were
+
+
+def test_session_changes_do_not_leak_to_the_next_request(django: Django) -> None:
+    seen = django.scenario("session_state", pool={"max_size": 1})
+    dirty, after = seen["dirty"], seen["after"]
+    assert (dirty["time_zone"], dirty["isolation"], dirty["read_only"]) == (
+        "Asia/Tokyo", "serializable", "on")  # fmt: skip
+    assert after["pid"] == dirty["pid"]  # the same connection, cleaned
+    assert (after["time_zone"], after["isolation"], after["read_only"]) == (
+        "Europe/Paris", "read committed", "off")  # fmt: skip
+    assert seen["fresh"]["time_zone"] == "Europe/Paris"
+
+
+@pytest.mark.parametrize("atomic_requests", ["0", "1"])
+def test_a_view_raising_mid_transaction(django: Django, atomic_requests: str) -> None:
+    seen = django.scenario("raising_view", pool={"max_size": 1}, atomic=atomic_requests)
+    assert seen["code"] == 500
+    assert seen["committed"] is False
+    assert seen["hit"] == 200
+    assert seen["next"]["time_zone"] == "Europe/Paris"
+    assert seen["stats"]["broken_returns"] == 0
+
+
+def test_two_aliases_with_a_router_get_a_pool_each(django: Django) -> None:
+    seen = django.scenario("two_aliases")
+    assert seen["codes"] == [200] * 5
+    assert seen["databases"] == {"default": django.env["PGPOOL_DJANGO_DB"],
+                                 "other": django.env["PGPOOL_DJANGO_OTHER_DB"]}  # fmt: skip
+    assert seen["default"]["name"] == "default"
+    assert seen["other"]["name"] == "other"
+    assert seen["default"]["checkouts"] >= 5
+    assert seen["other"]["checkouts"] >= 5
+
+
+def test_prometheus_collector_labels_pools_by_alias(django: Django) -> None:
+    lines = django.scenario("prometheus")["lines"]
+    assert 'pgpool_max_size{pool="default"} 4.0' in lines
+    assert 'pgpool_max_size{pool="other"} 4.0' in lines
+
+
+def test_override_settings_time_zone_reaches_the_session(django: Django) -> None:
+    seen = django.scenario("override_time_zone", pool={"max_size": 1})
+    assert seen["zones"] == {
+        "before": "Europe/Paris", "inside": "America/New_York",
+        "inside_next_checkout": "America/New_York", "after": "Europe/Paris",
+        "after_next_checkout": "Europe/Paris",
+    }  # fmt: skip
+    assert seen["stats"]["connections_opened"] == 1  # the pool was kept
+
+
+def test_closing_inside_atomic_lets_go_of_the_connection(django: Django) -> None:
+    seen = django.scenario("close_in_atomic", pool={"max_size": 1, "timeout": 1})
+    assert seen["other"] == seen["mine"]  # the pool lent it to the other thread...
+    # ...so the closed block must not use it: Django 5.x refuses a new connection inside the
+    # block; 4.2 asks the pool for one, which has none before the timeout. Holding on to the
+    # connection, the query would run on the other thread's, inside its transaction.
+    expected = "ProgrammingError" if django.series != "4.2" else "OperationalError"
+    assert seen["error"] == expected
+
+
+def test_a_leaked_connection_is_reclaimed_by_max_lease(django: Django) -> None:
+    pool = {"max_size": 1, "max_lease": 0.5, "maintenance_interval": 0.1, "timeout": 20}
+    seen = django.scenario("leak", pool=pool)
+    assert seen["code"] == 200
+    assert seen["stats"]["leases_reclaimed"] == 1
+
+
+def test_max_lease_is_on_by_default(django: Django) -> None:
+    code = "from pgpool.contrib.django import options as o; print(o.DEFAULT_MAX_LEASE)"
+    done = django.run("-c", code)
+    assert float(done.stdout) > 0
+
+
+def test_a_forked_child_gets_its_own_connections(django: Django) -> None:
+    seen = django.scenario("fork", pool={"max_size": 2})
+    assert seen["child_status"] == 0
+    assert seen["child"]["code"] == 200
+    assert seen["child"]["pid"] != seen["parent_before"]
+    assert seen["parent_after"] == seen["parent_before"]  # the child left its socket alone
+    assert seen["code"] == 200
+
+
+# -- manage.py test -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parallel", [[], ["--parallel", "2"]], ids=["plain", "parallel"])
+def test_manage_py_test(django: Django, dsn: str, parallel: list[str]) -> None:
+    done = django.run("manage.py", "test", "shop", "--noinput", *parallel)
+    assert "OK" in done.stderr
+    assert "Ran 4 tests" in done.stderr
+    rows = run_sql(dsn, "SELECT datname FROM pg_database WHERE datname LIKE 'test_pgpool%'")
+    assert rows == []  # every test database (and clone) dropped: the pools let go of them
+
+
+# -- a server restart under load ------------------------------------------------------------
+
+
+def test_server_restart_under_load_fails_only_requests_in_flight(
+    django: Django, restartable_server: EmbeddedPostgres
+) -> None:
+    names = _databases(django.series)
+    _create(restartable_server.dsn, names)
+    project = Django(django.series, django.python,
+                     _environment(django.python, restartable_server.dsn, names))  # fmt: skip
+    _migrate(project)
+    env = {**project.env, "PGPOOL_DJANGO_POOL": json.dumps({"max_size": 4})}
+    process = subprocess.Popen(
+        [str(project.python), "scenarios.py", "restart"], cwd=PROJECT, env=env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().strip() == "READY"
+        started = time.monotonic()
+        restartable_server.restart()
+        downtime = time.monotonic() - started
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-3000:]
+    seen = json.loads(out.strip().splitlines()[-1])
+    # A connection that was open at the restart fails at most one request (a broken one is
+    # discarded on return): only the 4 in flight or idle then may fail, whatever the load.
+    assert seen["failed"] <= 4, (seen, downtime)
+    assert seen["ok"] > 0
+    assert parse_dsn(restartable_server.dsn)  # the server is back
