@@ -145,6 +145,25 @@ def test_bad_settings_raise_improperly_configured(
     assert message in seen["message"]
 
 
+def test_psycopg_pool_names_and_django_settings_map_to_pgpool_options(django: Django) -> None:
+    code = (
+        "import json, sys; from pgpool.contrib.django import options;"
+        "print(json.dumps(options.pool_arguments('default', json.loads(sys.argv[1]))))"
+    )
+    given = {"min_size": 2, "max_size": 8, "timeout": 5, "max_waiting": 3, "max_idle": 60,
+             "max_lifetime": 600, "reconnect_timeout": 30, "max_connecting": 1}  # fmt: skip
+    settings = {"OPTIONS": {"pool": given}, "CONN_HEALTH_CHECKS": True}
+    mapped = json.loads(django.run("-c", code, json.dumps(settings)).stdout)
+    assert mapped == {"minconn": 2, "maxconn": 8, "timeout": 5, "max_waiting": 3,
+                      "max_idle": 60, "max_lifetime": 600, "reconnect_timeout": 30,
+                      "max_connecting": 1, "max_lease": 3600.0,
+                      "health_check_after": 0.0}  # fmt: skip
+    defaults = json.loads(django.run("-c", code, '{"OPTIONS": {"pool": true}}').stdout)
+    assert defaults == {"minconn": 4, "maxconn": 4, "max_lease": 3600.0}  # psycopg_pool's sizes
+    small = json.loads(django.run("-c", code, '{"OPTIONS": {"pool": {"max_size": 2}}}').stdout)
+    assert (small["minconn"], small["maxconn"]) == (2, 2)
+
+
 def test_dotted_paths_and_pgpool_options_are_accepted(django: Django) -> None:
     pool = {"min_size": 1, "max_size": 2, "reset": "pgpool.discard_all", "max_lease": None,
             "health_check_after": 0, "max_connecting": 1, "timeout": 5}  # fmt: skip
@@ -175,6 +194,19 @@ def test_session_changes_do_not_leak_to_the_next_request(django: Django) -> None
     assert (after["time_zone"], after["isolation"], after["read_only"]) == (
         "Europe/Paris", "read committed", "off")  # fmt: skip
     assert seen["fresh"]["time_zone"] == "Europe/Paris"
+
+
+def test_assume_role_is_the_role_of_every_checkout(django: Django, dsn: str) -> None:
+    role = f"pgpool_django_role_{os.getpid()}"
+    run_sql(dsn, f"DROP ROLE IF EXISTS {role}")
+    run_sql(dsn, f"CREATE ROLE {role}")
+    try:
+        seen = django.scenario("session_state", pool={"max_size": 1}, role=role)
+    finally:
+        run_sql(dsn, f"DROP ROLE {role}")
+    assert seen["fresh"]["user"] == role
+    assert seen["after"]["user"] == role
+    assert seen["stats"]["connections_opened"] == 1
 
 
 @pytest.mark.parametrize("atomic_requests", ["0", "1"])
@@ -211,17 +243,24 @@ def test_override_settings_time_zone_reaches_the_session(django: Django) -> None
         "inside_next_checkout": "America/New_York", "after": "Europe/Paris",
         "after_next_checkout": "Europe/Paris",
     }  # fmt: skip
-    assert seen["stats"]["connections_opened"] == 1  # the pool was kept
+    # One pool saw the three checkouts: Django 5.1+ would close it at each change of zone.
+    assert seen["stats"]["checkouts"] == 3
 
 
 def test_closing_inside_atomic_lets_go_of_the_connection(django: Django) -> None:
     seen = django.scenario("close_in_atomic", pool={"max_size": 1, "timeout": 1})
     assert seen["other"] == seen["mine"]  # the pool lent it to the other thread...
-    # ...so the closed block must not use it: Django 5.x refuses a new connection inside the
-    # block; 4.2 asks the pool for one, which has none before the timeout. Holding on to the
-    # connection, the query would run on the other thread's, inside its transaction.
+    assert seen["held"] is False  # ...so the wrapper closed inside the block let go of it,
+    # and a query there fails: Django 5.x refuses a new connection inside the block, 4.2
+    # asks the pool for one, which has none to give before the timeout.
     expected = "ProgrammingError" if django.series != "4.2" else "OperationalError"
     assert seen["error"] == expected
+
+
+def test_a_database_renamed_in_place_gets_a_pool_of_its_own(django: Django) -> None:
+    seen = django.scenario("rename")
+    assert seen == {"first": django.env["PGPOOL_DJANGO_DB"],
+                    "second": django.env["PGPOOL_DJANGO_OTHER_DB"]}  # fmt: skip
 
 
 def test_a_leaked_connection_is_reclaimed_by_max_lease(django: Django) -> None:

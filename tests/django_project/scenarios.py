@@ -204,6 +204,7 @@ def close_in_atomic() -> dict[str, Any]:
     with transaction.atomic():
         mine = pid()
         connection.close()
+        held = connection.connection is not None
         thread = threading.Thread(target=borrower)
         thread.start()
         taken.wait(10)
@@ -214,7 +215,26 @@ def close_in_atomic() -> dict[str, Any]:
         release.set()
         thread.join()
     connection.close()
-    return {"mine": mine, "other": other.get("pid"), "error": error}
+    return {"mine": mine, "other": other.get("pid"), "error": error, "held": held}
+
+
+@scenario
+def rename() -> dict[str, Any]:
+    """The test runner's way: NAME changed in place, then close(). The next checkout must
+    reach the new database, not the pool of the old one."""
+    from django.db import connection
+
+    def database() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_database()")
+            return str(cursor.fetchone()[0])
+
+    first = database()
+    connection.close()
+    connection.settings_dict["NAME"] = os.environ["PGPOOL_DJANGO_OTHER_DB"]
+    second = database()
+    connection.close()
+    return {"first": first, "second": second}
 
 
 @scenario

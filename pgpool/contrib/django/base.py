@@ -179,12 +179,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             pool.putconn(connection)
         return None
 
-    def close_if_health_check_failed(self) -> None:
-        # CONN_HEALTH_CHECKS pings the connection before a request reuses it; a pooled one
-        # was pinged at checkout if it needed it (health_check_after), as in Django 5.1+.
-        if self._lender is None:
-            super().close_if_health_check_failed()
-
     def ensure_timezone(self) -> bool:
         # Called when TIME_ZONE or USE_TZ change (override_settings). Django 5.1+ closes
         # its pool here so that new connections get the new zone; each checkout sets it

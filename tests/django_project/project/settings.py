@@ -2,7 +2,8 @@
 
 tests/test_django.py sets ``PGPOOL_DJANGO_DSN`` (the suite's server), ``PGPOOL_DJANGO_DB``
 and ``PGPOOL_DJANGO_OTHER_DB`` (the two aliases' databases) and, per scenario,
-``PGPOOL_DJANGO_POOL`` (``OPTIONS["pool"]`` as JSON) and ``PGPOOL_DJANGO_ATOMIC``.
+``PGPOOL_DJANGO_POOL`` (``OPTIONS["pool"]`` as JSON), ``PGPOOL_DJANGO_ATOMIC``,
+``PGPOOL_DJANGO_CONN_MAX_AGE`` and ``PGPOOL_DJANGO_ROLE`` (``OPTIONS["assume_role"]``).
 """
 
 import json
@@ -12,6 +13,7 @@ from psycopg2.extensions import parse_dsn
 
 _server = parse_dsn(os.environ["PGPOOL_DJANGO_DSN"])
 _pool = json.loads(os.environ.get("PGPOOL_DJANGO_POOL", '{"max_size": 4}'))
+_role = os.environ.get("PGPOOL_DJANGO_ROLE")
 
 
 def _database(name: str) -> dict:
@@ -24,7 +26,7 @@ def _database(name: str) -> dict:
         "PORT": _server.get("port", ""),
         "ATOMIC_REQUESTS": os.environ.get("PGPOOL_DJANGO_ATOMIC") == "1",
         "CONN_MAX_AGE": json.loads(os.environ.get("PGPOOL_DJANGO_CONN_MAX_AGE", "0")),
-        "OPTIONS": {"pool": _pool},
+        "OPTIONS": {"pool": _pool, **({"assume_role": _role} if _role else {})},
     }
 
 

@@ -24,9 +24,10 @@ def session(request):
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT current_setting('TimeZone'), current_setting('transaction_isolation'),"
-            " current_setting('transaction_read_only'), pg_backend_pid(), current_database()"
+            " current_setting('transaction_read_only'), pg_backend_pid(), current_database(),"
+            " current_user"
         )
-        zone, isolation, read_only, pid, database = cursor.fetchone()
+        zone, isolation, read_only, pid, database, user = cursor.fetchone()
     return HttpResponse(
         json.dumps(
             {
@@ -35,6 +36,7 @@ def session(request):
                 "read_only": read_only,
                 "pid": pid,
                 "database": database,
+                "user": user,
             }
         ),
         content_type="application/json",
