@@ -27,7 +27,6 @@ from typing import Any
 
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
-from psycopg2.extras import RealDictCursor
 
 from .threaded import ThreadedConnectionPool
 
@@ -78,6 +77,10 @@ class DBHelper:
         conn = pool.getconn()
         try:
             conn.autocommit = autocommit
+            # Imported here, not at the top: psycopg2.extras costs ~5 ms, which every
+            # `import pgpool` would pay (benchmarks/imports.py measures it).
+            from psycopg2.extras import RealDictCursor
+
             cursor = conn.cursor(cursor_factory=RealDictCursor)
             try:
                 yield cursor, conn
