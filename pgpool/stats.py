@@ -4,15 +4,19 @@ Gauges (`size`, `idle`, `in_use`, `connecting`, `waiting`) describe the moment t
 was taken; counters only grow, from the pool's creation or from the last `pool.pop_stats()`,
 which reads and resets them in one step. Both take the snapshot under the pool's lock, so
 the numbers are consistent with each other.
+
+A `NamedTuple` rather than a frozen dataclass: as frozen (assigning a field raises
+AttributeError), read by name the same way (`stats.idle`, `stats._asdict()` for a dict),
+and it costs `import pgpool` no `dataclasses` module, which alone takes longer to import
+than the whole pool (benchmarks/imports.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class PoolStats:
+class PoolStats(NamedTuple):
     """What `pool.stats()` and `pool.pop_stats()` return: gauges at one instant, and
     counters since the pool was made or since the last `pop_stats()`.
 

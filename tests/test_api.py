@@ -251,7 +251,7 @@ def test_stats_is_a_frozen_snapshot(pools: Pools) -> None:
     pool = pools.threaded(1, 2, name="snap")
     before = pool.stats()
     assert isinstance(before, pgpool.PoolStats)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         before.idle = 5  # type: ignore[misc]
     conn = pool.getconn()
     assert (before.idle, before.in_use, before.checkouts) == (1, 0, 0)  # did not move

@@ -997,7 +997,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert stats.size <= config.maxconn, "more connections than maxconn"
         gauges = {"idle": len(model.idle), "in_use": len(model.leased), "connecting": 0}
         gauges["waiting"] = 0
-        actual = dataclasses.asdict(stats)
+        actual = stats._asdict()
         assert {name: actual[name] for name in gauges} == gauges, "stats() gauges"
         assert {name: actual[name] for name in COUNTERS} == model.counters, "stats() counters"
         # The pool opened exactly the connections the model expected it to.
