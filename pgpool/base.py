@@ -34,7 +34,7 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INER
 from . import connection as conn_ops
 from . import watchdog
 from .errors import PoolClosed, PoolError, PoolTimeout
-from .options import PoolOptions
+from .options import PoolOptions, check_options
 from .state import LIFETIME_JITTER, PoolState, Reservation, Slot
 from .stats import PoolStats
 
@@ -166,7 +166,7 @@ class PoolBase:
             open: `False` creates the pool with no connection and no thread (a pre-fork
                 master, an app factory) until `open()`
         """
-        self._options = PoolOptions(
+        options = PoolOptions(
             minconn=minconn,
             maxconn=maxconn,
             timeout=self._default_timeout if timeout is None else timeout,
@@ -185,6 +185,7 @@ class PoolBase:
             clock=clock,
             connector=connector,
         )
+        self._options = check_options(options)  # TypeError or ValueError naming the option
         # Connection arguments: kept to open connections, never shown (they may hold a password).
         self._args = args
         self._kwargs = kwargs

@@ -6,8 +6,8 @@ options are keyword-only arguments of the constructor, so they never reach libpq
 names are chosen so that none of them is a libpq connection parameter or an argument of
 `psycopg2.connect` (`connection_factory`, `cursor_factory`, `async`): a test checks it.
 
-Every check raises at construction, naming the option and the bad value, so a typo never
-survives until the first request under load.
+Every check (`check_options`) raises at construction, naming the option and the bad value,
+so a typo never survives until the first request under load.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import operator
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, SupportsIndex
+from typing import Any, NamedTuple, SupportsIndex
 
 import psycopg2
 
@@ -30,13 +29,14 @@ ConnCallback = Callable[[Any], object]
 PoolCallback = Callable[[Any], object]  # called with the pool itself
 
 
-@dataclass(frozen=True, slots=True)
-class PoolOptions:
-    """The validated settings of one pool: the constructor's keyword options (the options
-    table of the README and the API reference says what each means).
+class PoolOptions(NamedTuple):
+    """The settings of one pool: the constructor's keyword options (the options table of
+    the README and the API reference says what each means).
 
-    The pool builds it from its keyword arguments; it is exported so the options can be
-    read and introspected (`dataclasses.fields(PoolOptions)`), not to be passed to a pool.
+    The pool builds it from its keyword arguments and checks it with `check_options`; it is
+    exported so the options can be read and introspected (`PoolOptions._fields`), not to be
+    passed to a pool. A `NamedTuple`, so it is frozen (a pool's `resize` makes a new one)
+    and costs `import pgpool` no `dataclasses` module (benchmarks/imports.py).
     """
 
     minconn: int
@@ -57,33 +57,36 @@ class PoolOptions:
     clock: Clock = time.monotonic
     connector: Connector = psycopg2.connect
 
-    def __post_init__(self) -> None:
-        # The sizes alone are converted, as psycopg2.pool's int() does, so that values read
-        # from the environment keep working; the dataclass is frozen, hence object.__setattr__.
-        object.__setattr__(self, "minconn", _size("minconn", self.minconn, minimum=0))
-        object.__setattr__(self, "maxconn", _size("maxconn", self.maxconn, minimum=1))
-        if self.minconn > self.maxconn:
-            raise ValueError(
-                f"minconn ({self.minconn}) must not be greater than maxconn ({self.maxconn})"
-            )
-        _check_seconds("timeout", self.timeout)
-        _check_int("max_waiting", self.max_waiting, minimum=0)
-        _check_seconds("max_idle", self.max_idle, positive=True)
-        _check_seconds("max_lifetime", self.max_lifetime, positive=True)
-        if self.max_lease is not None:
-            _check_seconds("max_lease", self.max_lease, positive=True)
-        _check_seconds("health_check_after", self.health_check_after)
-        _check_int("max_connecting", self.max_connecting, minimum=1)
-        if self.maintenance_interval is not None:
-            _check_seconds("maintenance_interval", self.maintenance_interval, positive=True)
-        _check_seconds("reconnect_timeout", self.reconnect_timeout, positive=True)
-        for callback in ("reset", "configure", "reconnect_failed", "clock", "connector"):
-            value = getattr(self, callback)
-            optional = callback in ("reset", "configure", "reconnect_failed")
-            if not callable(value) and not (optional and value is None):
-                raise TypeError(f"{callback} must be callable, got {type(value).__name__}")
-        if not isinstance(self.name, str):
-            raise TypeError(f"name must be a str, got {type(self.name).__name__}")
+
+def check_options(options: PoolOptions) -> PoolOptions:
+    """Check every option, raising TypeError or ValueError naming it and the bad value.
+
+    Returns the options with the sizes converted, as psycopg2.pool's `int()` does, so that
+    values read from the environment keep working.
+    """
+    minconn = _size("minconn", options.minconn, minimum=0)
+    maxconn = _size("maxconn", options.maxconn, minimum=1)
+    if minconn > maxconn:
+        raise ValueError(f"minconn ({minconn}) must not be greater than maxconn ({maxconn})")
+    _check_seconds("timeout", options.timeout)
+    _check_int("max_waiting", options.max_waiting, minimum=0)
+    _check_seconds("max_idle", options.max_idle, positive=True)
+    _check_seconds("max_lifetime", options.max_lifetime, positive=True)
+    if options.max_lease is not None:
+        _check_seconds("max_lease", options.max_lease, positive=True)
+    _check_seconds("health_check_after", options.health_check_after)
+    _check_int("max_connecting", options.max_connecting, minimum=1)
+    if options.maintenance_interval is not None:
+        _check_seconds("maintenance_interval", options.maintenance_interval, positive=True)
+    _check_seconds("reconnect_timeout", options.reconnect_timeout, positive=True)
+    for callback in ("reset", "configure", "reconnect_failed", "clock", "connector"):
+        value = getattr(options, callback)
+        optional = callback in ("reset", "configure", "reconnect_failed")
+        if not callable(value) and not (optional and value is None):
+            raise TypeError(f"{callback} must be callable, got {type(value).__name__}")
+    if not isinstance(options.name, str):
+        raise TypeError(f"name must be a str, got {type(options.name).__name__}")
+    return options._replace(minconn=minconn, maxconn=maxconn)
 
 
 def _size(option: str, value: object, *, minimum: int) -> int:

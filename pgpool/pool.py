@@ -23,7 +23,6 @@ connection and its back-off, errors, fork).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import sys
 import time
@@ -41,7 +40,7 @@ from . import connection as conn_ops
 from .base import NOW, PING_TIMEOUT, PING_TIMEOUT_MIN
 from .errors import PoolClosed, PoolTimeout
 from .maintenance import PoolMaintenance
-from .options import check_timeout
+from .options import check_options, check_timeout
 from .state import Slot, Waiter, same_key
 
 logger = logging.getLogger("pgpool")
@@ -337,7 +336,7 @@ class AbstractConnectionPool(PoolMaintenance):
         the new `minconn`. Bad sizes raise the same errors as the constructor and change
         nothing.
         """
-        options = dataclasses.replace(self._options, minconn=minconn, maxconn=maxconn)
+        options = check_options(self._options._replace(minconn=minconn, maxconn=maxconn))
         with self._lock:
             if self._state.closed:
                 raise self._closed_error()

@@ -3,7 +3,6 @@ stats, repr, context managers, and the option names that must never reach libpq.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import re
 from collections.abc import Iterator
@@ -452,7 +451,7 @@ def _pool_option_names() -> list[str]:
 
 
 def test_pool_options_are_the_keyword_only_parameters() -> None:
-    fields = {f.name for f in dataclasses.fields(pgpool.PoolOptions)} - {"minconn", "maxconn"}
+    fields = set(pgpool.PoolOptions._fields) - {"minconn", "maxconn"}
     # `open` says whether the constructor opens the pool; it is no setting of the pool.
     assert set(_pool_option_names()) - {"open"} == fields
     # The two pool classes take the same options (they pass **kwargs through).

@@ -272,7 +272,7 @@ def test_chapter_7_reads_pgpool_as_it_is() -> None:
         threading,
         os,
     ]
-    options = set(pgpool.options.PoolOptions.__dataclass_fields__)
+    options = set(pgpool.options.PoolOptions._fields)
     slot_fields = set(pgpool.state.Slot.__dataclass_fields__)
 
     def exists(name: str) -> bool:

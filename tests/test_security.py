@@ -6,7 +6,6 @@ from callbacks that re-enter, raise or hang, from other threads, or after closea
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import logging
 import re
@@ -186,11 +185,11 @@ def _argument_errors(value: Any) -> Iterator[tuple[str, Callable[[], object]]]:
     for cls in (pgpool.ThreadedConnectionPool, pgpool.SimpleConnectionPool):
         yield f"{cls.__name__}(value, 10)", lambda cls=cls: cls(value, 10, "dbname=x")
         yield f"{cls.__name__}(1, value)", lambda cls=cls: cls(1, value, "dbname=x")
-    for option in dataclasses.fields(pgpool.PoolOptions):
-        if option.name not in ("minconn", "maxconn", "name"):  # a name is any str
-            kwargs = {"connector": server.connect, option.name: value}
+    for option in pgpool.PoolOptions._fields:
+        if option not in ("minconn", "maxconn", "name"):  # a name is any str
+            kwargs = {"connector": server.connect, option: value}
             yield (
-                f"{option.name}=value",
+                f"{option}=value",
                 lambda kwargs=kwargs: pgpool.ThreadedConnectionPool(0, 1, **kwargs),
             )
     yield "DBHelper(minconn=value)", lambda: pgpool.DBHelper("dbname=x", minconn=value).pool
