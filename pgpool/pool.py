@@ -29,7 +29,6 @@ import time
 import traceback
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -50,13 +49,15 @@ logger = logging.getLogger("pgpool")
 DRAIN_POLL = 0.01
 
 
-@dataclass(slots=True)
 class Checkout:
     """What `_checkout` got for a getconn: a leased slot, and how much checking it needs."""
 
-    slot: Slot
-    deadline: float  # the getconn's deadline: a retry after a failed check keeps it
-    vetted: bool = False  # just opened, or a sticky key's repeat: no health check needed
+    __slots__ = ("deadline", "slot", "vetted")
+
+    def __init__(self, slot: Slot, deadline: float, vetted: bool = False) -> None:
+        self.slot = slot
+        self.deadline = deadline  # the getconn's deadline: a retry after a failed check keeps it
+        self.vetted = vetted  # just opened, or a sticky key's repeat: no health check needed
 
 
 class AbstractConnectionPool(PoolMaintenance):

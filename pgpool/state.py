@@ -24,7 +24,6 @@ import math
 import random
 from collections import deque
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 from traceback import StackSummary
 from typing import Any, Literal
 
@@ -59,22 +58,41 @@ def same_key(a: Hashable | None, b: Hashable | None) -> bool:
     return a is b or a == b
 
 
-@dataclass(eq=False, slots=True)
 class Slot:
-    """One connection the pool owns, and what the pool knows about it."""
+    """One connection the pool owns, and what the pool knows about it.
 
-    conn: Any
-    created_at: float
-    expires_at: float  # created_at + jittered max_lifetime
-    defaults: tuple[Any, ...]  # (autocommit, isolation_level, readonly, deferrable) at connect
-    encoding: str  # client encoding at connect, set again after a reset callback
-    last_used: float  # when it last became idle: drives health checks and idle reaping
-    leased_at: float = 0.0
-    key: Hashable | None = None  # the psycopg2-style key it was checked out with, if any
-    lease_stack: StackSummary | None = None  # where getconn was called, when max_lease is on
-    # While in `returning`: since when, and whether the pool itself is closing it (reclaim).
-    returning_since: float = 0.0
-    reclaiming: bool = False
+    Written out with `__slots__` rather than as a dataclass, as are `Reservation` and
+    `MaintenancePlan` below: the `dataclasses` module costs `import pgpool` more time than
+    the whole pool does (benchmarks/imports.py).
+    """
+
+    __slots__ = (
+        "conn", "created_at", "defaults", "encoding", "expires_at", "key", "last_used",
+        "lease_stack", "leased_at", "reclaiming", "returning_since",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        conn: Any,
+        created_at: float,
+        expires_at: float,
+        defaults: tuple[Any, ...],
+        encoding: str,
+        last_used: float,
+    ) -> None:
+        self.conn = conn
+        self.created_at = created_at
+        self.expires_at = expires_at  # created_at + jittered max_lifetime
+        # (autocommit, isolation_level, readonly, deferrable) at connect
+        self.defaults = defaults
+        self.encoding = encoding  # client encoding at connect, set again after a reset callback
+        self.last_used = last_used  # when it last became idle: drives health checks and reaping
+        self.leased_at = 0.0
+        self.key: Hashable | None = None  # the psycopg2-style key it was checked out with
+        self.lease_stack: StackSummary | None = None  # where getconn was called (max_lease)
+        # While in `returning`: since when, and whether the pool itself is closing it (reclaim).
+        self.returning_since = 0.0
+        self.reclaiming = False
 
 
 class Waiter(Bell):
@@ -110,7 +128,6 @@ class Waiter(Bell):
 Discard = Literal["expired", "broken", "failed check"] | None
 
 
-@dataclass(eq=False, slots=True)
 class Reservation:
     """Slots reserved for connects (counted in `connecting`) and not used yet.
 
@@ -119,17 +136,23 @@ class Reservation:
     it is recorded, so an exception anywhere in between frees exactly what was not used.
     """
 
-    left: int = 0
+    __slots__ = ("left",)
+
+    def __init__(self, left: int = 0) -> None:
+        self.left = left
 
 
-@dataclass(eq=False, slots=True)
 class MaintenancePlan:
     """What one maintenance pass decided; the pool carries it out after releasing the lock."""
 
-    close: list[Slot] = field(default_factory=list)  # reaped or expired idle connections
-    expired: int = 0  # of `close`: past max_lifetime (the others were reaped: max_idle)
-    # Leases taken back after max_lease, parked in `returning` until the pool has closed them.
-    reclaimed: list[Slot] = field(default_factory=list)
+    __slots__ = ("close", "expired", "reclaimed")
+
+    def __init__(self) -> None:
+        self.close: list[Slot] = []  # reaped or expired idle connections
+        self.expired = 0  # of `close`: past max_lifetime (the others were reaped: max_idle)
+        # Leases taken back after max_lease, parked in `returning` until the pool has closed
+        # them.
+        self.reclaimed: list[Slot] = []
 
 
 class PoolState:

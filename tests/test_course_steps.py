@@ -273,7 +273,7 @@ def test_chapter_7_reads_pgpool_as_it_is() -> None:
         os,
     ]
     options = set(pgpool.options.PoolOptions._fields)
-    slot_fields = set(pgpool.state.Slot.__dataclass_fields__)
+    slot_fields = set(pgpool.state.Slot.__slots__)
 
     def exists(name: str) -> bool:
         if name.endswith(".py"):

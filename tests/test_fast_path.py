@@ -10,7 +10,7 @@ transitions, and the two are compared after every step.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from typing import Any
 
 from fakes import FakeClock, FakeServer
@@ -54,7 +54,7 @@ def test_fast_paths_match_the_transitions_they_copy(steps: list[Any]) -> None:
     try:
         state = pool._state
         twin = PoolState(pool._options)
-        copies = {id(s.conn): dataclasses.replace(s) for s in state.idle}
+        copies = {id(s.conn): copy.copy(s) for s in state.idle}
         twin.opened_initial([copies[id(s.conn)] for s in state.idle])
         held: list[Any] = []
         for step in steps:
@@ -87,7 +87,7 @@ def test_the_twin_really_differs_when_a_copy_is_wrong() -> None:
     )
     try:
         twin = PoolState(pool._options)
-        twin.opened_initial([dataclasses.replace(s) for s in pool._state.idle])
+        twin.opened_initial([copy.copy(s) for s in pool._state.idle])
         conn = pool.getconn()
         slot: Slot | None = twin.take_idle(None, clock())
         assert slot is not None
