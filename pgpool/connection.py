@@ -9,20 +9,22 @@ exception; nothing here is retried (the pool decides that).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import logging
 import os
 import re
 import select
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import psycopg2
 import psycopg2.extensions as ext
 
 from . import watchdog
+
+if TYPE_CHECKING:
+    import ctypes  # imported on the first cancel (_libpq), not by `import pgpool`
 
 logger = logging.getLogger("pgpool")
 
@@ -203,6 +205,8 @@ def cancel_quietly(conn: Any, timeout: float) -> bool:
         except IndexError:
             return  # start() raised and the caller freed it
         try:
+            import ctypes  # already loaded by _libpq(): a dictionary look-up
+
             errbuf = ctypes.create_string_buffer(256)
             if _libpq().PQcancel(request, errbuf, len(errbuf)):
                 done.set()
@@ -224,14 +228,17 @@ def _get_cancel(pgconn: int | None) -> int | None:
     request needs (address, backend pid and key), to be freed with PQfreeCancel."""
     if not pgconn:
         return None
-    cancel: int | None = _libpq().PQgetCancel(ctypes.c_void_p(pgconn))
+    cancel: int | None = _libpq().PQgetCancel(pgconn)  # argtypes make it a void pointer
     return cancel
 
 
 @functools.cache
 def _libpq() -> ctypes.CDLL:
     # The libpq psycopg2 itself is linked against (psycopg2-binary bundles its own): symbols
-    # looked up through the extension module's handle resolve in its dependencies.
+    # looked up through the extension module's handle resolve in its dependencies. ctypes is
+    # imported here, on the first cancel: it would add ~1 ms to every `import pgpool`.
+    import ctypes
+
     libpq = ctypes.CDLL(psycopg2._psycopg.__file__)
     libpq.PQgetCancel.restype = ctypes.c_void_p
     libpq.PQgetCancel.argtypes = [ctypes.c_void_p]
