@@ -163,3 +163,26 @@ def test_a_source_built_psycopg2_is_kept(wheel_file: Path, tmp_path: Path) -> No
     assert _installed(python) == {"pgpool", "psycopg2"}
     result = _run(python, "import pgpool, psycopg2.pool; print(psycopg2.__file__)")
     assert result.returncode == 0, result.stderr
+
+
+# -- what `import pgpool` costs ----------------------------------------------------------------
+
+# Modules `import pgpool` once loaded and no longer does: each cost milliseconds that every
+# process importing pgpool paid (issue 18). benchmarks/imports.py measures the time itself;
+# this only checks that none of them comes back by an innocent-looking import.
+HEAVY = {
+    "dataclasses": "with inspect, ast and dis; PoolStats and PoolOptions are NamedTuples",
+    "inspect": "pulled in by dataclasses",
+    "psycopg2.extras": "helpers.py imports RealDictCursor when a DBHelper first runs",
+    "ctypes": "connection.py imports it for the first cancel",
+}
+
+
+def test_import_pgpool_leaves_out_what_it_does_not_need() -> None:
+    code = "import sys, pgpool; print(' '.join(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(result.stdout.split())
+    assert "pgpool" in loaded
+    assert {name: why for name, why in HEAVY.items() if name in loaded} == {}
