@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -156,9 +157,26 @@ def run(
         # A console of its own, wide enough for two panels side by side, printing nowhere.
         recorder = Console(record=True, width=RECORD_WIDTH, file=io.StringIO())
         recorder.print(render(frame, RECORD_WIDTH))
-        recorder.save_svg(str(record), title=f"python -m demo {scenario_name}")
+        svg = recorder.export_svg(title=f"python -m demo {scenario_name}")
+        record.write_text(offline_svg(svg), encoding="utf-8")
         console.print(f"saved the final frame to {record}")
     return 0
+
+
+# Fonts every system has one of; the browser takes the first it finds. DejaVu Sans Mono
+# (Debian's default) and Menlo/Consolas draw the box-drawing characters the panels use.
+MONOSPACE = '"DejaVu Sans Mono", "Liberation Mono", Menlo, Consolas, monospace'
+WEB_FONT = re.compile(r"\s*@font-face \{[^}]*\}")
+
+
+def offline_svg(svg: str) -> str:
+    """A recorded frame that needs no network: Rich's SVG loads Fira Code from a CDN, and
+    without it the fallback font's widths put the panels' borders out of line. Here the
+    font is the system's monospace, and each run of text is stretched to the width Rich
+    computed for it (``lengthAdjust``), so any monospace font keeps the columns aligned."""
+    svg = WEB_FONT.sub("", svg)
+    svg = svg.replace("font-family: Fira Code, monospace;", f"font-family: {MONOSPACE};")
+    return svg.replace(' textLength="', ' lengthAdjust="spacingAndGlyphs" textLength="')
 
 
 def _loop(

@@ -70,6 +70,8 @@ def test_side_by_side_and_record(dsn: str, tmp_path: Path) -> None:
     assert "╭─ pgpool (4 lanes)" in text and "psycopg2 (4 lanes)" in text
     content = svg.read_text()
     assert content.startswith("<svg") and "c1" in content and "psycopg2" in content
+    # Recorded for offline viewing: no web font, every run of text stretched to its width.
+    assert "@font-face" not in content and 'lengthAdjust="spacingAndGlyphs"' in content
 
 
 def test_a_course_pool_runs_beside_pgpool(dsn: str) -> None:
