@@ -8,13 +8,26 @@ README's table is this one. A page asks for a rendered part with a marker commen
     <!-- reference: options -->       the options table
     <!-- reference: signature -->     the constructor's signature, as a code block
 
+It also serves the diagrams' script from the site itself, so that they render offline:
+Material loads Mermaid from a CDN unless the page already has it. The script (3.5 MB, too
+big to commit) comes from the npm registry at the first build (`npm pack`), into
+`.venv/mermaid/`, and is copied into every build; `PGPOOL_MERMAID_JS` may name a copy
+instead. Without npm the site still builds, with the diagrams loaded from the CDN.
+
 `python scripts/docs_hooks.py` prints the options table (to paste into the README).
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pgpool
@@ -94,6 +107,58 @@ def signature() -> str:
     lines.append(")")
     return "```python\n" + "\n".join(lines) + "\n```"
 
+
+# -- the diagrams' script, served from the site -------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+MERMAID_VERSION = "11.17.2"  # Material's diagrams integration expects Mermaid 11
+MERMAID_CACHE = ROOT / ".venv" / "mermaid" / MERMAID_VERSION / "mermaid.min.js"
+MERMAID_URL = "assets/javascripts/mermaid.min.js"  # where the built site serves it
+log = logging.getLogger("mkdocs.hooks.docs_hooks")
+
+
+def mermaid_script() -> Path | None:
+    """The Mermaid script to serve: PGPOOL_MERMAID_JS, the cached copy, or one fetched with
+    npm now; None when none can be had."""
+    named = os.environ.get("PGPOOL_MERMAID_JS")
+    if named:
+        return Path(named)
+    if MERMAID_CACHE.is_file():
+        return MERMAID_CACHE
+    npm = shutil.which("npm")
+    if npm is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [npm, "pack", f"mermaid@{MERMAID_VERSION}", "--silent"]
+        done = subprocess.run(command, cwd=tmp, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            log.info("npm pack mermaid failed (%s): diagrams load from the CDN", done.stderr)
+            return None
+        with tarfile.open(Path(tmp) / done.stdout.strip().splitlines()[-1]) as tar:
+            member = tar.extractfile("package/dist/mermaid.min.js")
+            assert member is not None
+            MERMAID_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            MERMAID_CACHE.write_bytes(member.read())
+    return MERMAID_CACHE
+
+
+def on_config(config: Any) -> Any:
+    if mermaid_script() is not None:
+        config.extra_javascript.append(MERMAID_URL)
+    else:
+        log.info("no npm and no PGPOOL_MERMAID_JS: the diagrams load Mermaid from a CDN")
+    return config
+
+
+def on_post_build(config: Any) -> None:
+    script = mermaid_script()
+    if script is not None:
+        target = Path(config.site_dir) / MERMAID_URL
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(script, target)
+
+
+# -- the markers ----------------------------------------------------------------------------
 
 PARTS = {"options": options_table, "signature": signature}
 MARKER = re.compile(r"<!-- reference: (?P<part>\w+) -->")

@@ -4,6 +4,7 @@
 PGPOOL_EXTRAS=test,bench,docs
 source "$(dirname "$0")/_venv.sh"
 source scripts/pgbouncer.sh  # the PgBouncer tests need it: apt-get install when root
+source scripts/chromium.sh   # the offline site test needs it: apt-get install when root
 echo "== ruff check";         ruff check .
 echo "== ruff format --check"; ruff format --check .
 echo "== mypy --strict pgpool"; mypy --strict pgpool
