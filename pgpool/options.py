@@ -36,8 +36,10 @@ class PoolOptions(NamedTuple):
     The pool builds it from its keyword arguments and checks it with `check_options`; it is
     exported so the options can be read and introspected (`PoolOptions._fields`), not to be
     passed to a pool. A `NamedTuple`, so it is frozen (a pool's `resize` makes a new one)
-    and costs `import pgpool` no `dataclasses` module (benchmarks/imports.py).
+    and costs `import pgpool` no `dataclasses` module.
     """
+
+    # The import cost is measured by benchmarks/imports.py.
 
     minconn: int
     maxconn: int
