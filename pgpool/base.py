@@ -37,6 +37,7 @@ from .errors import PoolClosed, PoolError, PoolTimeout
 from .options import PoolOptions, check_options
 from .state import LIFETIME_JITTER, PoolState, Reservation, Slot
 from .stats import PoolStats
+from .stopper import Stopper
 
 logger = logging.getLogger("pgpool")
 T = TypeVar("T")
@@ -295,12 +296,16 @@ class PoolBase:
                 if status != TRANSACTION_STATUS_IDLE:
                     conn.commit()  # so what configure SET lasts, and the connection is idle
             defaults = conn_ops.session_defaults(conn)
+            # Now, while nobody else can close the connection: see stopper.py.
+            stopper = Stopper(conn)
         except BaseException:
             conn_ops.close_quietly(conn)
             raise
         now = self._clock()
         lifetime = options.max_lifetime * random.uniform(LIFETIME_JITTER, 1.0)
-        return Slot(conn, now, now + lifetime, defaults, conn.encoding, last_used=now)
+        return Slot(
+            conn, now, now + lifetime, defaults, conn.encoding, last_used=now, stopper=stopper
+        )
 
     def _open_initial(self) -> None:
         """Open `minconn` connections before the pool is shared: fail fast if we cannot."""
@@ -310,7 +315,7 @@ class PoolBase:
                 slots.append(self._open_slot())
         except BaseException:
             for slot in slots:
-                conn_ops.close_quietly(slot.conn)
+                conn_ops.close_quietly(slot.conn, slot.stopper)
             raise
         self._state.opened_initial(slots)
 
@@ -341,7 +346,7 @@ class PoolBase:
         if failures:
             logger.info("pool %r: connected again after %d failed connect(s)", self.name, failures)
         if not self._record(state.connected_idle, slot, NOW, reservation):
-            conn_ops.close_quietly(slot.conn)  # the pool was closed meanwhile
+            conn_ops.close_quietly(slot.conn, slot.stopper)  # the pool was closed meanwhile
             return False
         return True
 
@@ -425,6 +430,11 @@ class PoolBase:
         try:
             for slot in [*old.idle, *old.leased.values(), *old.returning.values()]:
                 conn_ops.disown(slot.conn, devnull)
+                if slot.stopper is not None:
+                    # The child's copies: its duplicate of the parent's socket is closed
+                    # (never shut down, which would cut the parent's connection), and the
+                    # cancel request, plain memory copied by fork(), freed. Never sent.
+                    slot.stopper.release()
         finally:
             os.close(devnull)
         self._state = PoolState(self._options, closed=old.closed)

@@ -9,22 +9,18 @@ exception; nothing here is retried (the pool decides that).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import re
 import select
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import psycopg2
 import psycopg2.extensions as ext
 
 from . import watchdog
-
-if TYPE_CHECKING:
-    import ctypes  # imported on the first cancel (_libpq), not by `import pgpool`
+from .stopper import Stopper
 
 logger = logging.getLogger("pgpool")
 
@@ -173,88 +169,16 @@ def readable(fds: list[int]) -> list[int]:
     return [fd for fd, event in poller.poll(0) if event & events]
 
 
-def cancel_quietly(conn: Any, timeout: float) -> bool:
-    """Ask the server to cancel whatever runs on `conn`; wait at most `timeout` seconds.
-
-    Cutting a connection's socket ends the client's wait, not the server's work: a backend
-    busy in a long query notices only when the query ends, and until then it still counts
-    against `max_connections` (and against the pool's maxconn, as the server sees it).
-
-    A cancel request travels on a short connection of its own, so it works while another
-    thread waits in a query. psycopg2's `cancel()` would do, but it keeps the GIL while libpq
-    waits on the network: against a black-holed server it froze the whole process. So libpq's
-    PQcancel is called through ctypes, which releases the GIL, on a helper thread waited on
-    for at most `timeout` (libpq's cancel has no time limit of its own). Returns whether the
-    request was delivered in time. Harmless on an idle backend.
-    """
-    # The request's details are copied out of the connection here, in the caller's thread:
-    # the caller closes the connection once we return, and libpq's PGconn goes with it.
-    # The helper thread then touches only the copy, which it frees.
-    cancel = _get_cancel(conn.pgconn_ptr)
-    if not cancel:
-        return False  # closed
-    # Whoever pops the copy frees it: the helper, or this thread if start() raised. It can
-    # raise after the helper is running (an interrupt in its wait for the thread to begin),
-    # so freeing it here unconditionally would free it twice.
-    owned = [cancel]
-    done = threading.Event()
-
-    def send() -> None:
-        try:
-            request = owned.pop()
-        except IndexError:
-            return  # start() raised and the caller freed it
-        try:
-            import ctypes  # already loaded by _libpq(): a dictionary look-up
-
-            errbuf = ctypes.create_string_buffer(256)
-            if _libpq().PQcancel(request, errbuf, len(errbuf)):
-                done.set()
-        finally:
-            _libpq().PQfreeCancel(request)
-
-    helper = threading.Thread(target=send, name="pgpool-cancel", daemon=True)
-    try:
-        helper.start()
-    except BaseException:
-        with contextlib.suppress(IndexError):
-            _libpq().PQfreeCancel(owned.pop())
-        raise
-    return done.wait(timeout)
-
-
-def _get_cancel(pgconn: int | None) -> int | None:
-    """libpq's PQgetCancel on the PGconn at address `pgconn`: a copy of what a cancel
-    request needs (address, backend pid and key), to be freed with PQfreeCancel."""
-    if not pgconn:
-        return None
-    cancel: int | None = _libpq().PQgetCancel(pgconn)  # argtypes make it a void pointer
-    return cancel
-
-
-@functools.cache
-def _libpq() -> ctypes.CDLL:
-    # The libpq psycopg2 itself is linked against (psycopg2-binary bundles its own): symbols
-    # looked up through the extension module's handle resolve in its dependencies. ctypes is
-    # imported here, on the first cancel: it would add ~1 ms to every `import pgpool`.
-    import ctypes
-
-    libpq = ctypes.CDLL(psycopg2._psycopg.__file__)
-    libpq.PQgetCancel.restype = ctypes.c_void_p
-    libpq.PQgetCancel.argtypes = [ctypes.c_void_p]
-    libpq.PQcancel.restype = ctypes.c_int
-    libpq.PQcancel.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-    libpq.PQfreeCancel.restype = None
-    libpq.PQfreeCancel.argtypes = [ctypes.c_void_p]
-    return libpq
-
-
-def close_quietly(conn: Any) -> None:
-    """Close a connection the pool gives up on; an error here changes nothing."""
+def close_quietly(conn: Any, stopper: Stopper | None = None) -> None:
+    """Close a connection the pool gives up on; an error here changes nothing. Then free
+    its `stopper` (the Slot's), which is of no use once the connection is closed."""
     try:
         conn.close()
     except Exception:
         logger.debug("error closing a connection", exc_info=True)
+    finally:
+        if stopper is not None:
+            stopper.release()
 
 
 def passwords_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:

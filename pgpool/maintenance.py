@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 from . import connection as conn_ops
-from . import watchdog
 from .base import NOW, PING_TIMEOUT, PoolBase
 from .state import Reservation, Slot
 
@@ -54,7 +54,7 @@ class PoolMaintenance(PoolBase):
                 self.name, len(plan.close), len(plan.close) - plan.expired, plan.expired,
             )  # fmt: skip
         for slot in plan.close:
-            conn_ops.close_quietly(slot.conn)
+            conn_ops.close_quietly(slot.conn, slot.stopper)
         for slot in plan.reclaimed:
             self._reclaim(slot, now)
         self._refill()  # after the reclaims: their slots are free only once they are closed
@@ -83,20 +83,39 @@ class PoolMaintenance(PoolBase):
                 return
 
     def _reclaim(self, slot: Slot, now: float) -> None:
-        """Close a connection whose lease ran past max_lease; its slot is freed only after.
-
-        The server cancels the forgotten borrower's query first, so its backend ends with
-        the connection instead of running on past maxconn. psycopg2's close() waits for a
-        query running on the connection, which would stall maintenance for as long as the
-        query runs: cut the socket next (the borrower's call fails at once), then close.
-        """
+        """Close a connection whose lease ran past max_lease; its slot is freed only after
+        (see `_stop`: its borrower may be running a query on it)."""
         try:
             self._log_reclaim(slot, now)
-            conn_ops.cancel_quietly(slot.conn, PING_TIMEOUT)
-            watchdog.cut(slot.conn)
-            conn_ops.close_quietly(slot.conn)
+            self._stop([slot], PING_TIMEOUT)
         finally:
             self._record(self._state.end_reclaim, slot, NOW)
+
+    def _stop(self, slots: list[Slot], cancel_timeout: float) -> None:
+        """Close connections that their borrowers may be using right now (lock not held).
+
+        The server cancels what runs on each first, so that its backend ends with the
+        connection instead of running on past maxconn; the requests go out together, and
+        are waited for at most `cancel_timeout` seconds in all. psycopg2's close() waits for
+        a query running on the connection, for as long as the query runs: so each socket is
+        cut next (the borrower's call fails at once), then the connection is closed. What
+        this needs comes from each slot's `Stopper` (stopper.py), never from the connection,
+        which the borrower may be closing meanwhile.
+        """
+        sent = []
+        for slot in slots:
+            if slot.stopper is not None:
+                try:
+                    sent.append(slot.stopper.send_cancel())
+                except RuntimeError:  # no thread to be had: cut and close all the same
+                    logger.debug("pool %r: could not send a cancel", self.name, exc_info=True)
+        deadline = time.monotonic() + cancel_timeout  # the network's time, not the pool's clock
+        for delivered in sent:
+            delivered.wait(max(0.0, deadline - time.monotonic()))
+        for slot in slots:
+            if slot.stopper is not None:
+                slot.stopper.cut()
+            conn_ops.close_quietly(slot.conn, slot.stopper)
 
     def _log_reclaim(self, slot: Slot, now: float) -> None:
         stack = "".join(slot.lease_stack.format()) if slot.lease_stack else "(not recorded)\n"
@@ -150,7 +169,7 @@ class PoolMaintenance(PoolBase):
             alive = conn_ops.ping(slot.conn, PING_TIMEOUT)
         finally:
             if not self._record(self._state.end_check, slot, NOW, alive):
-                conn_ops.close_quietly(slot.conn)
+                conn_ops.close_quietly(slot.conn, slot.stopper)
         return alive
 
     def _maintain_inline(self, now: float) -> None:

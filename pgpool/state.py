@@ -25,12 +25,15 @@ import random
 from collections import deque
 from collections.abc import Hashable
 from traceback import StackSummary
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .bell import Bell
 from .errors import PoolError, TooManyWaiting
 from .options import PoolOptions, describe
 from .stats import COUNTERS, PoolStats
+
+if TYPE_CHECKING:
+    from .stopper import Stopper
 
 # Back-off after failed connects: 10 ms, doubling, capped at 2 s, with jitter. The cap keeps
 # recovery quick once the server is back; the doubling stops a pool hammering a dead server.
@@ -68,7 +71,7 @@ class Slot:
 
     __slots__ = (
         "conn", "created_at", "defaults", "encoding", "expires_at", "key", "last_used",
-        "lease_stack", "leased_at", "reclaiming", "returning_since",
+        "lease_stack", "leased_at", "reclaiming", "returning_since", "stopper",
     )  # fmt: skip
 
     def __init__(
@@ -79,6 +82,7 @@ class Slot:
         defaults: tuple[Any, ...],
         encoding: str,
         last_used: float,
+        stopper: Stopper | None = None,
     ) -> None:
         self.conn = conn
         self.created_at = created_at
@@ -93,6 +97,9 @@ class Slot:
         # While in `returning`: since when, and whether the pool itself is closing it (reclaim).
         self.returning_since = 0.0
         self.reclaiming = False
+        # How to stop the connection while another thread uses it (a reclaim, closeall's
+        # deadline), taken when it was opened; freed by whoever closes it (stopper.py).
+        self.stopper = stopper
 
 
 class Waiter(Bell):

@@ -100,31 +100,6 @@ def _run() -> None:
             alarm.sock.close()
 
 
-def cut(conn: Any) -> None:
-    """Shut down a connection's socket now: a query running on it fails at once, so a
-    close() that would wait for it returns promptly. A closed connection is left alone."""
-    try:
-        fd = conn.fileno()
-    except Exception:
-        return
-    _cut(fd)
-
-
-def _cut(fd: int) -> None:
-    # shutdown() acts on the socket itself, so doing it through a duplicate descriptor wakes
-    # libpq's poll() on the original; closing the duplicate leaves the original's number valid.
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return  # the connection was closed meanwhile
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
 def reinit_after_fork() -> None:
     """The thread does not survive fork(); the child starts its own on first use."""
     global _cond, _thread

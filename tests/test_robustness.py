@@ -32,6 +32,7 @@ from faultsupport import count_backends, in_thread, pool_dsn, scalar, unique_app
 
 import pgpool
 from pgpool.state import BACKOFF_CAP, PoolState
+from pgpool.stopper import Stopper
 
 # -- 1. back-off after a very long run of failed connects ---------------------------------
 
@@ -293,15 +294,16 @@ CANCEL_IN_A_BLACK_HOLE = """
 import sys, time
 import psycopg2
 from psycopg2.extensions import parse_dsn
-from pgpool.connection import cancel_quietly
+from pgpool.stopper import Stopper
 from testbed.proxy import TcpProxy
 
 dsn = sys.argv[1]
 params = parse_dsn(dsn)
 with TcpProxy(params["host"], int(params["port"])) as proxy:
     conn = psycopg2.connect(proxy.dsn_for(dsn))
+    stopper = Stopper(conn)
     proxy.blackhole()
-    delivered = cancel_quietly(conn, 0.5)
+    delivered = stopper.cancel(0.5)
     print("delivered" if delivered else "gave up", flush=True)
     proxy.restore()
 """
@@ -413,29 +415,55 @@ def test_an_interrupted_health_check_leaves_no_duplicate_descriptor(
         conn.close()
 
 
+class FakeLibpq:
+    """libpq's cancel functions, recording what is freed: the real ones would crash the test
+    process on a double free or a use after free. PQcancel waits for `release_cancel`."""
+
+    def __init__(self) -> None:
+        self.freed: list[int] = []
+        self.in_cancel = threading.Event()
+        self.release_cancel = threading.Event()
+        self.release_cancel.set()
+        self.used_after_free = False
+
+    def __call__(self) -> FakeLibpq:  # stands in for the cached loader, stopper._libpq
+        return self
+
+    def PQgetCancel(self, pgconn: object) -> int:
+        return 1234
+
+    def PQcancel(self, cancel: int, errbuf: object, size: int) -> int:
+        self.in_cancel.set()
+        self.release_cancel.wait(10)
+        self.used_after_free |= cancel in self.freed
+        return 1
+
+    def PQfreeCancel(self, cancel: int) -> None:
+        self.freed.append(cancel)
+
+
+class NoSocket:
+    """Just enough of a connection for a Stopper: a libpq handle, and no socket to cut."""
+
+    pgconn_ptr = 1
+
+    def fileno(self) -> int:
+        raise psycopg2.InterfaceError("connection already closed")
+
+
 @pytest.mark.parametrize("launched", [True, False], ids=["helper-ran", "helper-never-ran"])
 def test_an_interrupted_cancel_frees_its_request_once(
     monkeypatch: pytest.MonkeyPatch, launched: bool
 ) -> None:
     """Thread.start() launches the thread and then waits for it to run: a KeyboardInterrupt
-    in that wait raises from start() while the helper runs anyway. cancel_quietly then
-    freed the PGcancel in its `except` and the helper freed it again (a double free in
-    libpq's memory). Exactly one of the two must free it, whether the helper ran or not."""
-    from pgpool import connection as conn_ops
+    in that wait raises from start() while the helper runs anyway. The cancel request was
+    then freed twice (a double free in libpq's memory). It must be freed exactly once,
+    whether the helper ran or not, when the stopper is released."""
+    from pgpool import stopper as stopper_module
 
-    freed: list[int] = []
-
-    class FakeLibpq:  # the real one would crash the test process on a double free
-        def PQgetCancel(self, pgconn: object) -> int:
-            return 1234
-
-        def PQcancel(self, cancel: int, errbuf: object, size: int) -> int:
-            return 1
-
-        def PQfreeCancel(self, cancel: int) -> None:
-            freed.append(cancel)
-
-    monkeypatch.setattr(conn_ops, "_libpq", FakeLibpq)
+    libpq = FakeLibpq()
+    monkeypatch.setattr(stopper_module, "_libpq", libpq)
+    stopper = Stopper(NoSocket())
     start = threading.Thread.start
 
     def start_then_interrupt(thread: threading.Thread) -> None:
@@ -446,5 +474,158 @@ def test_an_interrupted_cancel_frees_its_request_once(
 
     monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        conn_ops.cancel_quietly(type("Conn", (), {"pgconn_ptr": 1})(), 0.5)
-    assert freed == [1234]
+        stopper.cancel(0.5)
+    assert libpq.freed == []  # still the connection's, until it is discarded
+    stopper.release()
+    stopper.release()
+    assert libpq.freed == [1234]
+
+
+def test_a_cancel_request_released_while_being_sent_is_freed_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection is discarded (its borrower closed it and returned it) while a reclaim
+    is still sending its cancel request: the request must be freed once the helper is
+    done with it, not under it."""
+    from pgpool import stopper as stopper_module
+
+    libpq = FakeLibpq()
+    monkeypatch.setattr(stopper_module, "_libpq", libpq)
+    stopper = Stopper(NoSocket())
+    libpq.release_cancel.clear()
+    delivered = stopper.send_cancel()
+    assert libpq.in_cancel.wait(10)
+    stopper.release()  # while PQcancel runs with the request
+    assert libpq.freed == []
+    libpq.release_cancel.set()
+    assert delivered.wait(10)
+    wait_for(lambda: libpq.freed == [1234], 5, "the request freed once the helper was done")
+    assert not libpq.used_after_free
+    stopper.release()
+    assert libpq.freed == [1234]
+
+
+class Watched(psycopg2.extensions.connection):
+    """A psycopg2 connection that records who reads what a cancel or a cut needs, and when:
+    the handle of libpq's PGconn and the socket's descriptor number."""
+
+    checked_out = False
+    reads_after_checkout: list[str] = []
+
+    @property
+    def pgconn_ptr(self) -> int | None:
+        self._note("pgconn_ptr")
+        value: int | None = psycopg2.extensions.connection.pgconn_ptr.__get__(self)
+        return value
+
+    def fileno(self) -> int:
+        self._note("fileno")
+        return super().fileno()
+
+    def _note(self, what: str) -> None:
+        if Watched.checked_out and threading.current_thread().name != "borrower":
+            Watched.reads_after_checkout.append(what)
+
+
+@pytest.mark.timeout(60)
+def test_stopping_a_borrowed_connection_never_reads_it(dsn: str) -> None:
+    """A reclaim and closeall's deadline stop connections their borrowers may be closing
+    at that very moment. They read `conn.pgconn_ptr` (for libpq's PQgetCancel) and
+    `conn.fileno()` (to cut the socket) from the connection then: a close() in between
+    freed the PGconn under PQgetCancel, or handed the descriptor number to another
+    connection. What they need must have been taken when the connection was opened."""
+    app = unique_app("stop-reads")
+    clock = FakeClock()
+    pool = pgpool.ThreadedConnectionPool(
+        0, 2, pool_dsn(dsn, app), connection_factory=Watched, clock=clock,
+        maintenance_interval=None, max_lease=5.0,
+    )  # fmt: skip
+    try:
+        reclaimed, drained = pool.getconn(), pool.getconn()
+        busy = [
+            in_thread(lambda c=c: scalar(c, "SELECT pg_sleep(30)"), "borrower")  # type: ignore[misc]
+            for c in (reclaimed, drained)
+        ]
+        wait_for(lambda: count_backends(dsn, app) == 2, what="two connections")
+        Watched.checked_out, Watched.reads_after_checkout = True, []
+        clock.advance(6)
+        pool.maintain()  # reclaims both: past max_lease
+        assert pool.stats().leases_reclaimed == 2
+        for thread, outcome in busy:
+            thread.join(15)
+            assert isinstance(outcome.error, psycopg2.DatabaseError), outcome  # stopped
+    finally:
+        Watched.checked_out = False
+        pool.closeall()
+    assert Watched.reads_after_checkout == []
+
+
+RACE_A_CLOSE_INTO_A_RECLAIM = """
+import logging
+import sys
+from pathlib import Path
+import pgpool
+
+logging.getLogger("pgpool").setLevel(logging.ERROR)  # not each reclaim's warning
+
+PACKAGE = Path(pgpool.__file__).resolve().parent
+TARGETS = {str(PACKAGE / name) for name in ("maintenance.py", "connection.py", "stopper.py")}
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+step, fired = 0, [True]
+while fired:
+    clock = Clock()
+    pool = pgpool.ThreadedConnectionPool(
+        0, 1, sys.argv[1], clock=clock, maintenance_interval=None, max_lease=5.0
+    )
+    conn = pool.getconn()
+    clock.now += 6  # the lease is past max_lease: the next maintenance pass reclaims it
+    lines, fired = [0], []
+
+    def on_line(frame, event, arg):
+        if event == "line" and not fired:
+            if lines[0] == step:
+                fired.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}")
+                print("close before", *fired, flush=True)
+                conn.close()  # the borrower closes its connection, right here
+            lines[0] += 1
+        return on_line
+
+    sys.settrace(lambda frame, event, arg: on_line if frame.f_code.co_filename in TARGETS else None)
+    try:
+        pool.maintain()
+    finally:
+        sys.settrace(None)
+    stats = pool.stats()
+    assert stats.leases_reclaimed == 1 and stats.in_use == 0, (fired, stats)
+    pool.closeall()
+    step += 1
+print("survived", step - 1, flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_borrower_closing_during_a_reclaim_crashes_nothing(dsn: str) -> None:
+    """The borrower of a connection that maintenance reclaims closes it at each line of the
+    reclaim in turn. The reclaim read `conn.pgconn_ptr` and then called libpq's PQgetCancel
+    on it: a close() in between freed the PGconn, and the process died with SIGSEGV (glibc
+    fills freed memory with MALLOC_PERTURB_'s byte, so the read of freed memory shows).
+    Run in a child process, so that a crash fails this test instead of the suite."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", RACE_A_CLOSE_INTO_A_RECLAIM, dsn],
+        capture_output=True, text=True, timeout=100, cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root), "MALLOC_PERTURB_": "165"},
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, (
+        f"exit status {done.returncode}, last {lines[-1:]}:\n{done.stderr[-2000:]}"
+    )
+    assert lines[-1].startswith("survived") and int(lines[-1].split()[1]) > 20
