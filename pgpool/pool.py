@@ -244,7 +244,10 @@ class AbstractConnectionPool(PoolMaintenance):
 
         With `timeout` (seconds), drain first: hand out nothing more, close idle connections,
         let borrowers return theirs (each is closed as it comes back) for up to `timeout`
-        seconds, then close the ones still out. With `in_use=False`, checked-out connections
+        seconds, then stop the ones still out as a `max_lease` reclaim does: the server
+        cancels their queries (the requests get at most a second more), their sockets are
+        cut, and they are closed, so a borrower busy in a long query does not hold the call
+        up. With `in_use=False`, checked-out connections
         are left to their borrowers and closed when returned. Use it at interpreter exit:
         psycopg2's close() waits for a query running on the connection, so closing one in
         use can keep a process from exiting.
@@ -269,8 +272,8 @@ class AbstractConnectionPool(PoolMaintenance):
             if in_use:
                 with self._lock:
                     slots = self._state.close_leased()
-                for slot in slots:
-                    conn_ops.close_quietly(slot.conn, slot.stopper)
+                # Busy borrowers' connections: a plain close() would wait for their queries.
+                self._stop(slots, PING_TIMEOUT_MIN)
         logger.debug("pool %r closed", self.name)
 
     # -- lifecycle: open later, wait, resize (check is in maintenance.py) -----------------

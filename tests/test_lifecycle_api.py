@@ -11,11 +11,19 @@ import time
 import psycopg2
 import pytest
 from fakes import FakeClock
-from faultsupport import count_backends, in_thread, kill_backends, pool_dsn, unique_app, wait_for
+from faultsupport import (
+    count_backends,
+    in_thread,
+    kill_backends,
+    pool_dsn,
+    scalar,
+    unique_app,
+    wait_for,
+)
 
 import pgpool
 from pgpool.state import PoolState, Reservation, Slot
-from testbed.embedded import EmbeddedPostgres
+from testbed.embedded import EmbeddedPostgres, run_sql
 
 
 def _sessions_match(pool: pgpool.AbstractConnectionPool, dsn: str, app: str) -> None:
@@ -421,6 +429,32 @@ def test_closeall_with_a_timeout_drains(dsn: str) -> None:
     with pytest.raises(pgpool.PoolClosed):
         pool.getconn()
     wait_for(lambda: count_backends(dsn, app) == 0, what="no session after the drain")
+
+
+@pytest.mark.timeout(60)
+def test_closeall_with_a_timeout_stops_a_borrower_busy_in_a_long_query(dsn: str) -> None:
+    """At the drain's deadline closeall() closed a busy borrower's connection with close(),
+    which waits for the running query: closeall(timeout=1.0) returned after 7.7 s, and here
+    would wait out the whole 30 s sleep. It now stops the connection as a max_lease reclaim
+    does: the server cancels the query, the socket is cut, then it is closed."""
+    app = unique_app("drain-busy")
+    pool = pgpool.ThreadedConnectionPool(0, 2, pool_dsn(dsn, app))
+    conn = pool.getconn()
+    _thread, busy = in_thread(lambda: scalar(conn, "SELECT pg_sleep(30)"))
+    active = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = %s"
+
+    def running() -> bool:
+        return run_sql(dsn, active, (app, "active")) == [(1,)]
+
+    wait_for(running, what="the borrower's query running")
+    started = time.monotonic()
+    pool.closeall(timeout=1.0)
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, f"closeall(timeout=1.0) took {elapsed:.1f} s: it waited for the query"
+    assert busy.done.wait(10) and isinstance(busy.error, psycopg2.DatabaseError), busy
+    assert conn.closed
+    # Cancelled on the server too, not only cut off: the backend ends now, not in 30 s.
+    wait_for(lambda: count_backends(dsn, app) == 0, 10, "the busy backend ended")
 
 
 def test_health_check_after_zero_pings_every_checkout(dsn: str) -> None:
