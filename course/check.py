@@ -193,6 +193,15 @@ EXERCISES = (
         counts=("AssertionError",),
     ),
     Exercise(
+        "04b",
+        "break",
+        ("course/step4b_barging.py",),
+        "BargingPool._starving: return False (never stop barging)",
+        STEPS + "test_barging_pool_serves_a_starving_waiter",
+        _named("test_barging_pool_serves_a_starving_waiter", "course.step4b_barging"),
+        counts=("AssertionError",),
+    ),
+    Exercise(
         "05",
         "break",
         ("course/step5_reserve.py",),

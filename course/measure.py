@@ -9,10 +9,50 @@ from typing import Any
 from ._common import select_one
 
 
+class Psycopg2Retry:
+    """psycopg2.pool's ThreadedConnectionPool in the retry loop its users must write: it
+    raises "connection pool exhausted" instead of waiting, so sleep 1 ms and try again
+    (the benchmarks' psycopg2 row does the same)."""
+
+    def __init__(self, minconn: int, maxconn: int, *args: Any, **kwargs: Any) -> None:
+        import psycopg2.pool
+
+        self._pool = psycopg2.pool.ThreadedConnectionPool(minconn, maxconn, *args, **kwargs)
+        self._exhausted = psycopg2.pool.PoolError
+
+    def getconn(self, timeout: float = 30.0) -> Any:
+        deadline = time.perf_counter() + timeout
+        while True:
+            try:
+                return self._pool.getconn()
+            except self._exhausted:
+                if time.perf_counter() >= deadline:
+                    raise
+                time.sleep(0.001)
+
+    def putconn(self, conn: Any) -> None:
+        self._pool.putconn(conn)
+
+    def closeall(self) -> None:
+        self._pool.closeall()
+
+
 def contention(
     pool_class: Any, dsn: str, threads: int = 8, conns: int = 2, seconds: float = 2.0
 ) -> str:
     """Run `threads` threads on a (conns, conns) pool for `seconds`; report q/s and waits."""
+    qps, p99, worst, fewest, most = contention_numbers(pool_class, dsn, threads, conns, seconds)
+    return (
+        f"{qps:7.0f} q/s | wait p99 {p99 * 1000:6.1f} ms,"
+        f" max {worst * 1000:6.1f} ms | fewest queries by one thread: {fewest}, most: {most}"
+    )
+
+
+def contention_numbers(
+    pool_class: Any, dsn: str, threads: int, conns: int, seconds: float
+) -> tuple[float, float, float, int, int]:
+    """`contention`'s figures: q/s, p99 and longest wait (s), fewest and most queries of
+    one thread."""
     pool = pool_class(conns, conns, dsn)
     stop = time.perf_counter() + seconds
     waits: list[list[float]] = [[] for _ in range(threads)]
@@ -32,12 +72,9 @@ def contention(
         worker.join()
     pool.closeall()
     every = sorted(w for mine in waits for w in mine)
+    counts = [len(mine) for mine in waits]
     p99 = every[int(len(every) * 0.99)]
-    return (
-        f"{len(every) / seconds:7.0f} q/s | wait p99 {p99 * 1000:6.1f} ms,"
-        f" max {every[-1] * 1000:6.1f} ms | fewest queries by one thread: "
-        f"{min(len(mine) for mine in waits)}, most: {max(len(mine) for mine in waits)}"
-    )
+    return len(every) / seconds, p99, every[-1], min(counts), max(counts)
 
 
 def spike(pool_class: Any, dsn: str, callers: int = 20, delay: float = 0.1) -> str:

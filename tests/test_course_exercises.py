@@ -94,6 +94,12 @@ BREAK = (
             """)),),
     ),
     Solution(
+        "04b",
+        "course/step4b_barging.py",
+        (("return bool(self._waiters) and now - self._waiters[0].since >= self.patience",
+          "return False"),),
+    ),
+    Solution(
         "05",
         "course/step5_reserve.py",
         ((block(16, """
@@ -283,7 +289,7 @@ def test_reset_restores_the_file(dsn: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.key)
 def test_the_chapter_states_the_exercise_and_its_check(exercise: Exercise) -> None:
     key = exercise.key
-    (chapter,) = LEARN.glob(f"{key[:2]}-*.md")
+    (chapter,) = LEARN.glob(f"{key.partition('-')[0]}-*.md")  # 04b-..., 02-budget: 02-...
     text = chapter.read_text(encoding="utf-8").partition("\n## Exercise")[2]
     assert text, f"{chapter.name} has no '## Exercise' section"
     assert f"python -m course.check {key}`" in text, f"{chapter.name}: no check for {key}"

@@ -28,6 +28,7 @@ from course import (
     step2_queue,
     step3_condition,
     step4_fifo,
+    step4b_barging,
     step5_reserve,
     step6_maintained,
 )
@@ -134,6 +135,36 @@ def test_handoff_survives_a_slow_ring(
         pool.closeall()
 
 
+@pytest.mark.parametrize("module", [step4b_barging])
+def test_barging_pool_serves_a_starving_waiter(dsn: str, module: ModuleType) -> None:
+    """A thread that returns its connection and asks again at once wins every race while
+    it holds the interpreter; once the waiter has waited `patience`, it is served anyway."""
+    from course_support import switch_interval
+
+    pool = module.BargingPool(0, 1, dsn, patience=0.05)
+
+    def served_then_return() -> Any:
+        conn = pool.getconn(timeout=5.0)
+        pool.putconn(conn)
+        return conn
+
+    try:
+        mine = pool.getconn()
+        waiter = Task(served_then_return)
+        wait_until(lambda: pool.waiting == 1, "the second caller to queue")
+        give_up = time.monotonic() + 3.0
+        with switch_interval(1.0):  # the barging thread keeps the GIL until it sleeps
+            while not waiter.done and time.monotonic() < give_up:
+                pool.putconn(mine)
+                mine = pool.getconn(timeout=5.0)  # at once: it barges, unless one starves
+                time.sleep(0.001)  # holding it: the woken waiter finds nothing idle
+        assert waiter.done, "the waiter was never served: the barging thread won every race"
+        assert waiter.result() is mine
+        pool.putconn(mine)
+    finally:
+        pool.closeall()
+
+
 # -- the demonstrations, small -------------------------------------------------------------
 
 
@@ -231,7 +262,11 @@ def test_quote_matches_the_code(chapter: str, path: str, name: str, code: str) -
 
 def test_every_chapter_has_a_diagram_and_an_exercise() -> None:
     chapters = sorted(LEARN.glob("0*.md"))
-    assert [c.name[:2] for c in chapters] == [f"0{n}" for n in range(8)]
+    assert [c.name.partition("-")[0] for c in chapters] == [
+        *(f"0{n}" for n in range(5)),
+        "04b",
+        *(f"0{n}" for n in range(5, 8)),
+    ]
     for chapter in chapters:
         text = chapter.read_text(encoding="utf-8")
         assert "```mermaid" in text, f"{chapter.name}: no diagram"
