@@ -105,37 +105,41 @@ class Stopper:
         return self.send_cancel().wait(timeout)
 
     def _send(self, delivered: threading.Event) -> None:
+        cancel = None
         try:
             cancel = self._cancel.pop()
-        except IndexError:
-            return  # released already (or a fake connection): nothing to send
-        try:
             import ctypes  # already loaded by _libpq(): a dictionary look-up
 
             errbuf = ctypes.create_string_buffer(256)
             if _libpq().PQcancel(cancel, errbuf, len(errbuf)):
                 delivered.set()
+        except IndexError:
+            pass  # released already (or a fake connection): nothing to send
         finally:
-            self._cancel.append(cancel)
-            if self._released:
-                self.release()
+            if cancel is not None:
+                self._give_back(self._cancel, cancel)
 
     def cut(self) -> None:
         """Shut down the connection's socket now: a query running on it fails at once, so a
         `close()` that would wait for it returns promptly. shutdown() acts on the socket
         itself, so doing it through the duplicate wakes libpq's poll() on the original."""
+        sock = None
         try:
             sock = self._sock.pop()
-        except IndexError:
-            return  # released already, or another thread is cutting it right now
-        try:
             sock.shutdown(socket.SHUT_RDWR)
+        except IndexError:
+            pass  # released already, or another thread is cutting it right now
         except OSError:
             pass  # not connected any more: nothing to cut
         finally:
-            self._sock.append(sock)
-            if self._released:
-                self.release()
+            if sock is not None:
+                self._give_back(self._sock, sock)
+
+    def _give_back(self, holder: list[Any], item: Any) -> None:
+        """Put back what a user took out; free it if `release()` was called meanwhile."""
+        holder.append(item)
+        if self._released:
+            self.release()
 
 
 @functools.cache

@@ -49,9 +49,9 @@ import pgpool
 
 PACKAGE = Path(pgpool.__file__).resolve().parent
 # The modules whose lines are interrupted: the lock and I/O, the bookkeeping, the hands, the
-# health check's deadline, and the connector thread with its bell.
+# health check's deadline, the reclaim's cancel and cut, and the connector thread with its bell.
 MODULES = ("pool.py", "base.py", "maintenance.py", "state.py", "connection.py", "watchdog.py",
-           "threaded.py", "bell.py", "connector.py")  # fmt: skip
+           "stopper.py", "threaded.py", "bell.py", "connector.py")  # fmt: skip
 TARGETS = {str(PACKAGE / name) for name in MODULES}
 MAXCONN = 3
 MAX_LEASE = 60.0  # on the fake clock: only the test's own advance reclaims
