@@ -18,6 +18,7 @@ tests/test_fork.py judges it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import multiprocessing
@@ -113,6 +114,19 @@ def _run_and_report(body: Callable[[], Any], write_end: int) -> None:
         payload = {"ok": False, "error": traceback.format_exc()}
     os.write(write_end, json.dumps(payload).encode())
     os.close(write_end)
+
+
+def _socket_of(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")  # "socket:[inode]": the socket, not the number
+
+
+def _sockets() -> set[str]:
+    """Every socket this process holds a descriptor of."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed since
+            found.add(_socket_of(int(name)))
+    return found
 
 
 def wait_all(children: list[Child]) -> list[dict[str, Any]]:
@@ -239,8 +253,12 @@ def own_connections(argument: str) -> dict[str, Any]:
     idle = pool.getconn()
     pool.putconn(idle)  # one connection checked out, one idle, at the fork
     parent_pids = [backend_pid(held), backend_pid(idle)]
+    parent_sockets = {_socket_of(held.fileno()), _socket_of(idle.fileno())}
 
     def child() -> dict[str, Any]:
+        # Nothing in the child refers to the parent's sockets any more: the connections'
+        # descriptors point at /dev/null, and the pool's duplicates (stopper.py) are closed.
+        shared = len(parent_sockets & _sockets())
         conn = pool.getconn(timeout=10)
         second = pool.getconn(timeout=10)  # the inherited idle one must not show up
         pids = [scalar(c, "SELECT pg_backend_pid()") for c in (conn, second)]
@@ -251,7 +269,7 @@ def own_connections(argument: str) -> dict[str, Any]:
         held.close()
         idle.close()
         pool.closeall()
-        return {"pids": pids, "inherited": inherited}
+        return {"pids": pids, "inherited": inherited, "shared_sockets": shared}
 
     (outcome,) = wait_all([fork_child(child)])
     gc.collect()

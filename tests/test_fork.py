@@ -83,6 +83,7 @@ def test_child_gets_its_own_connections_and_parent_keeps_its(dsn: str, cls: str)
     child = figures["children"][0]["report"]["result"]
     parent_pids = set(figures["parent_pids"])
     assert child["inherited"] == [False, False], "the child was handed a parent's connection"
+    assert child["shared_sockets"] == 0, "the child still holds the parent's sockets"
     assert len(set(child["pids"])) == 2
     assert not set(child["pids"]) & parent_pids, "the child was handed a parent's session"
     # The parent's sessions survived the child: same backends, still answering.
