@@ -18,7 +18,8 @@ Where to read next:
   the deadline that cuts a silent one;
 - `options.py`, `stats.py`, `errors.py`: the settings, the snapshot, the exceptions;
 - `metrics.py` (Prometheus), `helpers.py` (the seed article's DBHelper), `resets.py`;
-- `driver.py`: which psycopg2 to install, and the error when there is none.
+- `driver.py`: which psycopg2 to install, and the error when there is none; `log.py`:
+  the logger, which imports `logging` only when the pool first logs.
 """
 
 # First: without psycopg2 this raises one error that says what to install (driver.py).

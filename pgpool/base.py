@@ -18,7 +18,6 @@ methods, with the checkout and return paths. Each layer uses only the ones below
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import os
 import random
@@ -34,12 +33,12 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INER
 from . import connection as conn_ops
 from . import watchdog
 from .errors import PoolClosed, PoolError, PoolTimeout
+from .log import logger
 from .options import PoolOptions, check_options
 from .state import LIFETIME_JITTER, PoolState, Reservation, Slot
 from .stats import PoolStats
 from .stopper import Stopper
 
-logger = logging.getLogger("pgpool")
 T = TypeVar("T")
 NOW = object()  # see PoolBase._record
 
@@ -335,8 +334,8 @@ class PoolBase:
             # first second): the first failure of a run is a warning, the retries DEBUG,
             # and reconnect_timeout's warning repeats for as long as it lasts.
             failures = state.connect_failures  # read without the lock: only for the log
-            level = logging.WARNING if failures <= 1 else logging.DEBUG
-            logger.log(level, "pool %r: could not open a connection: %s", self.name, error)
+            log = logger.warning if failures <= 1 else logger.debug
+            log("pool %r: could not open a connection: %s", self.name, error)
             logger.debug(
                 "pool %r: %d connect(s) failed in a row; backing off until t=%.3f",
                 self.name, failures, state.next_connect_at,

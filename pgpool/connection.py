@@ -9,7 +9,6 @@ exception; nothing here is retried (the pool decides that).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import select
@@ -20,9 +19,8 @@ import psycopg2
 import psycopg2.extensions as ext
 
 from . import watchdog
+from .log import logger
 from .stopper import Stopper
-
-logger = logging.getLogger("pgpool")
 
 # The session attributes psycopg2 exposes and the pool restores on every return. They are
 # local to the connection object (psycopg2 sends them with each BEGIN), so checking and

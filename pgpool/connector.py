@@ -28,14 +28,12 @@ not exist in the child, and the child hung in its exit handlers after `sys.exit(
 
 from __future__ import annotations
 
-import logging
 import threading
 import weakref
 from typing import Protocol
 
 from .bell import Bell
-
-logger = logging.getLogger("pgpool")
+from .log import logger
 
 # After a round failed with an unexpected error: pause before the next, never spin.
 PAUSE_AFTER_ERROR = 1.0

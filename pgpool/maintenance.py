@@ -16,15 +16,13 @@ with the connector, which opens connections for the callers who wait.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 
 from . import connection as conn_ops
 from .base import NOW, PING_TIMEOUT, PoolBase
+from .log import logger
 from .state import Reservation, Slot
-
-logger = logging.getLogger("pgpool")
 
 
 class PoolMaintenance(PoolBase):

@@ -23,10 +23,8 @@ connection and its back-off, errors, fork).
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 import time
-import traceback
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -38,11 +36,10 @@ from psycopg2.extensions import connection as Connection
 from . import connection as conn_ops
 from .base import NOW, PING_TIMEOUT, PING_TIMEOUT_MIN
 from .errors import PoolClosed, PoolTimeout
+from .log import logger
 from .maintenance import PoolMaintenance
 from .options import check_options, check_timeout
 from .state import Slot, Waiter, same_key
-
-logger = logging.getLogger("pgpool")
 
 # How often closeall(timeout=...) and wait() look again (a startup or shutdown path, not
 # the checkout's: a poll keeps it simple).
@@ -164,6 +161,8 @@ class AbstractConnectionPool(PoolMaintenance):
             frame = sys._getframe(1)
             while frame.f_back is not None and frame.f_globals["__name__"].startswith("pgpool"):
                 frame = frame.f_back
+            import traceback  # with logging, on first use: see log.py
+
             slot.lease_stack = traceback.extract_stack(frame)
         conn: Connection = slot.conn
         return conn

@@ -24,7 +24,6 @@ import math
 import random
 from collections import deque
 from collections.abc import Hashable
-from traceback import StackSummary
 from typing import TYPE_CHECKING, Any, Literal
 
 from .bell import Bell
@@ -33,6 +32,8 @@ from .options import PoolOptions, describe
 from .stats import COUNTERS, PoolStats
 
 if TYPE_CHECKING:
+    from traceback import StackSummary  # an annotation only: see log.py
+
     from .stopper import Stopper
 
 # Back-off after failed connects: 10 ms, doubling, capped at 2 s, with jitter. The cap keeps

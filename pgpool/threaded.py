@@ -11,7 +11,6 @@ for callers that wait, and who runs maintenance:
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Hashable
 from typing import Any
@@ -21,10 +20,9 @@ from psycopg2.extensions import connection as Connection
 from .base import NOW
 from .bell import Bell
 from .connector import Connector
+from .log import logger
 from .pool import AbstractConnectionPool
 from .state import Reservation
-
-logger = logging.getLogger("pgpool")
 
 
 class ThreadedConnectionPool(AbstractConnectionPool):

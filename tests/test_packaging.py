@@ -175,6 +175,9 @@ HEAVY = {
     "inspect": "pulled in by dataclasses",
     "psycopg2.extras": "helpers.py imports RealDictCursor when a DBHelper first runs",
     "ctypes": "connection.py imports it for the first cancel",
+    "logging": "log.py imports it when the pool first logs",
+    "traceback": "imported by logging, and by pool.py for max_lease's stacks",
+    "tokenize": "imported by traceback, through linecache",
 }
 
 
