@@ -215,6 +215,16 @@ def test_step5_spike_opens_at_most_max_connecting(dsn: str) -> None:
     assert connects <= 2, line
 
 
+def test_pool_locking_needs_one_more_than_the_threads_hold(dsn: str) -> None:
+    from course.pool_locking import nested_checkouts
+
+    # 4 threads each holding 2: Tn x (Cm - 1) + 1 = 5. With 4, every connection is held
+    # by a thread waiting for another: only a timeout gets anyone out.
+    served, timed_out = nested_checkouts(dsn, threads=4, held=2, maxconn=4, timeout=0.3)
+    assert timed_out >= 1 and served + timed_out == 4
+    assert nested_checkouts(dsn, threads=4, held=2, maxconn=5, timeout=30.0) == (4, 0)
+
+
 def test_switch_interval_is_restored() -> None:
     import sys
 

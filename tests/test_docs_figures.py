@@ -90,6 +90,10 @@ def _values() -> dict[str, Any]:
         "goals": len(goals),
         "goals_met": sum(1 for goal in goals if goal["met"]),
     }
+    for size, row in s["sizing"]["rows"].items():
+        for metric in ("qps", "request_p99_ms", "query_p50_ms"):
+            v[f"sz{size}_{metric}"] = med(row, metric)
+    v["sz_query_growth"] = v["sz32_query_p50_ms"] / v["sz8_query_p50_ms"]
     v["noop_x"] = v["noop_pg"] / v["noop_p2"]
     v["sel_x"] = v["sel_pg"] / v["sel_p2"]
     v["con_x"] = v["con_pg"] / v["con_p2"]
@@ -141,6 +145,12 @@ CLAIMS = [
     ("docs/benchmarks.md", "now met ({spike_pg:.0f} ms against psycopg_pool's {spike_psycopg:.0f} ms, one connection opened each)"),
     ("docs/benchmarks.md", "({con_wait_pg:.1f} ms against {con_wait_psycopg:.1f} ms, within the spread), with fairness {con_fair_pg:.2f}"),
     ("docs/benchmarks.md", "**Cycle, no query: {noop_x:.2f}x psycopg2 (goal ≤ 1.0x).**"),
+    ("docs/sizing.md", "the\nmedian query took {sz1_query_p50_ms:.1f} ms."),
+    ("docs/sizing.md", "{sz1_qps:,.0f} queries/s with one\n  connection, {sz6_qps:,.0f} with six"),
+    ("docs/sizing.md", "fastest at 6 (p99 {sz6_request_p99_ms:.1f} ms)"),
+    ("docs/sizing.md", "({sz8_qps:,.0f} to {sz32_qps:,.0f} queries/s, {sz12_qps:,.0f} at 12)"),
+    ("docs/sizing.md", "takes {sz_query_growth:.1f} times as long\n  ({sz8_query_p50_ms:.2f} ms to {sz32_query_p50_ms:.2f} ms)"),
+    ("docs/sizing.md", "(p99 {sz8_request_p99_ms:.1f} ms to {sz32_request_p99_ms:.1f} ms)"),
     ("docs/compat.md", "ThreadedConnectionPool ({noop_best:.2f} µs\nagainst {noop_p2:.2f} µs: an `RLock`"),
 ]  # fmt: skip
 
@@ -207,3 +217,29 @@ def test_demo_page_quotes_its_frame(frame: str, page_says: str, frame_shows: str
     page = (ROOT / "docs" / "demo.md").read_text(encoding="utf-8")
     assert page_says in page, f"docs/demo.md no longer says {page_says!r}"
     assert frame_shows in frame_text(frame), f"docs/demo/{frame}.svg does not show {frame_shows!r}"
+
+
+# -- sizing.md: its table is the committed run's sizing scenario ----------------------------
+
+
+def sizing_table() -> str:
+    with gzip.open(RESULTS, "rt", encoding="utf-8") as file:
+        rows = json.load(file)["scenarios"]["sizing"]["rows"]
+    lines = [
+        "| maxconn | queries/s | request p50 ms | request p99 ms | query p50 ms | query p99 ms |",
+        "|--:|--:|--:|--:|--:|--:|",
+    ]
+    for size, row in sorted(rows.items(), key=lambda kv: int(kv[0])):
+        m = {k: v["median"] for k, v in row.items() if isinstance(v, dict) and "median" in v}
+        lines.append(
+            f"| {size} | {m['qps']:,.0f} | {m['request_p50_ms']:.1f} | {m['request_p99_ms']:.1f}"
+            f" | {m['query_p50_ms']:.2f} | {m['query_p99_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def test_sizing_table_is_the_committed_run() -> None:
+    page = (ROOT / "docs" / "sizing.md").read_text(encoding="utf-8")
+    assert sizing_table() in page, (
+        f"docs/sizing.md should carry, from {RESULTS.name}:\n{sizing_table()}"
+    )
