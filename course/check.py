@@ -267,7 +267,7 @@ def judge(exercise: Exercise, dsn: str) -> Verdict:
     except Exception as error:
         seen = _first_line(error)
         if exercise.kind == "build":
-            return Verdict(False, f"not yet: {seen}")
+            return Verdict(False, f"a property does not hold yet: {seen}")
         if type(error).__name__ in exercise.counts:
             return Verdict(True, f"the test now fails, as the chapter says: {seen}")
         return Verdict(
@@ -277,7 +277,7 @@ def judge(exercise: Exercise, dsn: str) -> Verdict:
         )
     if exercise.kind == "build":
         return Verdict(True, "every property checked holds")
-    return Verdict(False, f"not yet: {exercise.test} still passes on {', '.join(exercise.files)}")
+    return Verdict(False, f"{exercise.test} still passes on {', '.join(exercise.files)}")
 
 
 def reset(exercise: Exercise) -> int:
