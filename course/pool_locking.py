@@ -30,9 +30,9 @@ def nested_checkouts(
     served, timed_out = [], []
 
     def work() -> None:
-        first = pool.getconn()
+        first = pool.getconn(timeout=30.0)  # not the timeout under test: connecting may be slow
         try:
-            all_hold_one.wait()
+            all_hold_one.wait(timeout=30.0)
             more: list[Any] = []
             try:
                 for _ in range(held - 1):
