@@ -244,6 +244,40 @@ def dbhelper(argument: str) -> dict[str, Any]:
     return {"children": outcomes}
 
 
+def django_registry(argument: str) -> dict[str, Any]:
+    """The Django backend's registry makes each pool under a lock of its own. Children
+    forked while a parent thread is making one (held here until the forks are done) check
+    out from the registry and end: the child must not wait for the lock that thread held."""
+    from pgpool.contrib.django import registry
+
+    parent = os.getpid()
+    making, forked = threading.Event(), threading.Event()
+
+    def make() -> pgpool.ThreadedConnectionPool:
+        if os.getpid() == parent:
+            making.set()
+            forked.wait(10)
+        return pgpool.ThreadedConnectionPool(1, 2, DSN, open=False)
+
+    maker = threading.Thread(target=registry.pool_for, args=("default", "key", make))
+    maker.start()
+    making.wait(10)
+
+    def child() -> dict[str, Any]:
+        pool = registry.pool_for("default", "key", make)
+        with pool.connection() as conn:
+            pid = scalar(conn, "SELECT pg_backend_pid()")
+        registry.close_pools()
+        return {"pid": pid}
+
+    children = [fork_child(child, argument) for _ in range(2)]
+    forked.set()
+    outcomes = wait_all(children)
+    maker.join(10)
+    registry.close_pools()
+    return {"children": outcomes}
+
+
 def own_connections(argument: str) -> dict[str, Any]:
     """The child gets connections of its own; the parent's, one checked out and one idle at
     the fork, survive even the child closing its copies of them explicitly."""
@@ -415,7 +449,16 @@ def unopened(argument: str) -> dict[str, Any]:
 
 SCENARIOS = {
     f.__name__: f
-    for f in (endings, dbhelper, own_connections, collected, parent_waiter, maintenance, unopened)
+    for f in (
+        endings,
+        dbhelper,
+        django_registry,
+        own_connections,
+        collected,
+        parent_waiter,
+        maintenance,
+        unopened,
+    )
 }
 
 if __name__ == "__main__":

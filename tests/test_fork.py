@@ -75,6 +75,13 @@ def test_children_forked_while_dbhelper_creates_its_pool_use_it_and_exit(
     run_scenario("dbhelper", pool_dsn(dsn, unique_app("fork-helper")), ending)
 
 
+@pytest.mark.timeout(150)
+def test_children_forked_while_the_django_registry_makes_a_pool_use_it(dsn: str) -> None:
+    """The Django backend's registry makes its pools under a module lock: a child forked
+    while a parent thread held it waited for ever at its first checkout."""
+    run_scenario("django_registry", pool_dsn(dsn, unique_app("fork-django")), "exit")
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("cls", ["ThreadedConnectionPool", "SimpleConnectionPool"])
 def test_child_gets_its_own_connections_and_parent_keeps_its(dsn: str, cls: str) -> None:

@@ -17,6 +17,7 @@ Django is not imported here, so `stats()` and `close_pools()` work anywhere.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -26,6 +27,16 @@ from ...threaded import ThreadedConnectionPool
 # Guards _pools while a pool is made or closed; a checkout only reads the dict (one dict
 # lookup is atomic), so the lock is taken once per pool, at start-up.
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # A parent thread making a pool at the fork held the lock; nobody in the child would
+    # release it, and the child's first checkout would wait for it for ever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 # (alias, key of the connection parameters) -> the open pool. Closed pools are removed.
 _pools: dict[tuple[str, str], ThreadedConnectionPool] = {}
 
