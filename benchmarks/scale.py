@@ -29,7 +29,7 @@ thread count. A pool's own scaling is best judged against that row.
 from __future__ import annotations
 
 import itertools
-import os
+import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -66,19 +66,23 @@ class StubCursor:
         pass
 
 
-_pipe: tuple[int, int] | None = None
+_pair: tuple[socket.socket, socket.socket] | None = None
 
 
 def _quiet_fd() -> int:
-    """A descriptor that never has anything to read: the write end of a pipe kept open.
+    """A socket that never has anything to read: one end of a socket pair kept open.
 
-    Pools may poll their idle connections' sockets to spot dead ones; a stub's "socket"
-    must look like a healthy idle connection's: silent.
+    Pools may poll their idle connections' sockets to spot dead ones; a stub's socket
+    must look like a healthy idle connection's: silent. It must be a socket, not a pipe:
+    pgpool pings a connection that has been idle longer than `health_check_after`, and a
+    ping arms the watchdog, which needs a socket to cut. On a quiet machine no stub is ever
+    idle that long, so a pipe went unnoticed; on a loaded one the bench itself runs slowly
+    enough for it, and every such checkout raised OSError (ENOTSOCK) out of `getconn`.
     """
-    global _pipe
-    if _pipe is None:
-        _pipe = os.pipe()  # both ends stay open for the life of the process
-    return _pipe[1]
+    global _pair
+    if _pair is None:
+        _pair = socket.socketpair()  # both ends stay open for the life of the process
+    return _pair[0].fileno()
 
 
 class StubConnection:
@@ -298,11 +302,16 @@ def _threads_point(key: str, threads: int, seconds: float) -> tuple[float, int]:
     clock = time.perf_counter
 
     def worker(i: int) -> None:
+        # At least one batch, even if the deadline has passed when this thread first runs:
+        # on a loaded machine a thread may get the CPU only after the whole 50 ms, and a
+        # point where no thread counted a cycle would divide by zero below.
         done = 0
-        while clock() < deadline:
+        while True:
             for _ in range(50):  # check the clock every 50 cycles, not every cycle
                 put(get())
             done += 50
+            if clock() >= deadline:
+                break
         counts[i] = done
 
     def release() -> None:

@@ -75,7 +75,7 @@ def _load(handle: cs.Handle, duration: float) -> tuple[int, list[float], list[fl
         n = i  # threads start at different points of the mix
         while True:
             start = clock()
-            if start >= deadline:
+            if start >= deadline and mine_r:
                 return
             conn = get()
             began = clock()
@@ -84,7 +84,10 @@ def _load(handle: cs.Handle, duration: float) -> tuple[int, list[float], list[fl
             finally:
                 ended = clock()
                 put(conn)
-            if clock() <= deadline:
+            # A request that ends after the deadline is not counted, unless it is the
+            # thread's first: on a loaded machine a thread may get the CPU only after the
+            # deadline, and a run where no request counted would leave nothing to measure.
+            if clock() <= deadline or not mine_r:
                 mine_r.append(clock() - start)
                 mine_q.append(ended - began)
             n += 1

@@ -22,7 +22,9 @@ import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
 from rich.console import Console
 
-from benchmarks import runner
+import pgpool
+from benchmarks import runner, scale, sizing
+from benchmarks.contenders import Counter, Handle
 from benchmarks.dsn import describe_dsn, mask_dsn
 from benchmarks.goals import evaluate
 from benchmarks.headline import headline
@@ -264,3 +266,41 @@ def test_cli_imports_no_benchmark_code() -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+
+
+# -- what a loaded machine does to a run: each scenario's measurement survives it ----------
+
+
+def test_scale_stub_connections_survive_pgpools_health_check() -> None:
+    """On a loaded machine the scale scenario runs slowly enough for a stub to sit idle
+    longer than `health_check_after`, so pgpool pings it and arms its watchdog on the stub's
+    socket. The stub's "socket" was a pipe: every such checkout raised OSError (ENOTSOCK)
+    and the scenario failed with a traceback. health_check_after=0 makes every checkout
+    do what load made some do; maintain() probes the idle stubs' sockets as well."""
+    pool = pgpool.ThreadedConnectionPool(4, 4, connector=scale.StubConnection, health_check_after=0)
+    try:
+        for _ in range(20):
+            pool.putconn(pool.getconn())
+        pool.maintain()
+        s = pool.stats()
+        assert (s.checkouts, s.connections_opened, s.failed_checks) == (20, 4, 0)
+    finally:
+        pool.closeall()
+
+
+@pytest.mark.parametrize("key", [scale.LOCK_FLOOR, "pgpool-threaded"])
+def test_scale_threads_point_when_the_threads_start_after_the_deadline(key: str) -> None:
+    """A thread that first gets the CPU after the point's deadline (0 s here; on a loaded
+    machine, after the quick run's 50 ms) still counts its first batch: before, a point
+    where no thread counted one divided by zero."""
+    ns, created = scale._threads_point(key, 2, 0.0)
+    assert ns > 0 and created <= 2
+
+
+def test_sizing_load_when_the_threads_start_after_the_deadline() -> None:
+    """The same for the sizing scenario: each thread records its first request, so a run
+    that no thread began before the deadline still has figures to report."""
+    stubs = [scale.StubConnection() for _ in range(sizing.THREADS)]
+    handle = Handle(get=stubs.pop, put=stubs.append, close=stubs.clear, opened=Counter())
+    count, requests, queries = sizing._load(handle, 0.0)
+    assert count == len(requests) == len(queries) == sizing.THREADS
