@@ -36,7 +36,18 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from benchmarks import churn, contention, cycle, fleet, imports, scale, sizing, spike, unpooled
+from benchmarks import (
+    churn,
+    contention,
+    cycle,
+    django,
+    fleet,
+    imports,
+    scale,
+    sizing,
+    spike,
+    unpooled,
+)
 from benchmarks.common import Context
 from benchmarks.dsn import describe_dsn, mask_dsn
 from benchmarks.goals import evaluate
@@ -45,7 +56,7 @@ from benchmarks.plots import write_plots
 from benchmarks.report import markdown_report, print_goals, print_table
 
 SCENARIOS: list[ModuleType] = [
-    cycle, contention, churn, spike, scale, unpooled, fleet, sizing, imports,
+    cycle, contention, churn, spike, scale, unpooled, fleet, sizing, imports, django,
 ]  # fmt: skip
 BY_NAME = {m.NAME: m for m in SCENARIOS}
 MIN_SERVER_CONNECTIONS = 120  # spike opens up to 50 + the other pools' leftovers

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCENARIOS = [
     "cycle", "contention", "churn", "spike", "scale", "unpooled", "fleet", "sizing", "import",
+    "django",
 ]  # fmt: skip
 
 

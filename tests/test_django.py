@@ -2,7 +2,7 @@
 
 Django runs in a venv of its own (`scripts/_venv_django.sh` makes it on first use): it
 picks psycopg 3 whenever it can import it, and this suite's venv has psycopg 3. Each
-scenario of ``tests/django_project/scenarios.py`` runs in a fresh process of that venv and
+scenario of ``testbed/django_project/scenarios.py`` runs in a fresh process of that venv and
 prints what it saw; the assertions are here. Django 5.2 runs by default, 4.2 LTS with
 ``--run-slow``.
 """
@@ -25,7 +25,7 @@ from psycopg2.extensions import parse_dsn
 from testbed.embedded import EmbeddedPostgres, run_sql
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ROOT / "tests" / "django_project"
+PROJECT = ROOT / "testbed" / "django_project"
 SERIES = ["5.2", pytest.param("4.2", marks=pytest.mark.slow)]
 
 

@@ -1,9 +1,11 @@
-"""Settings of the test project: the server and the pool come from the environment.
+"""Settings of the Django project that tests and the bench run, from the environment.
 
 tests/test_django.py sets ``PGPOOL_DJANGO_DSN`` (the suite's server), ``PGPOOL_DJANGO_DB``
 and ``PGPOOL_DJANGO_OTHER_DB`` (the two aliases' databases) and, per scenario,
 ``PGPOOL_DJANGO_POOL`` (``OPTIONS["pool"]`` as JSON), ``PGPOOL_DJANGO_ATOMIC``,
 ``PGPOOL_DJANGO_CONN_MAX_AGE`` and ``PGPOOL_DJANGO_ROLE`` (``OPTIONS["assume_role"]``).
+The bench (benchmarks/django.py) also sets ``PGPOOL_DJANGO_ENGINE`` and
+``PGPOOL_DJANGO_POOL_OPTIONS`` (django-db-connection-pool's ``POOL_OPTIONS``).
 """
 
 import json
@@ -27,6 +29,7 @@ def _database(name: str) -> dict:
         "ATOMIC_REQUESTS": os.environ.get("PGPOOL_DJANGO_ATOMIC") == "1",
         "CONN_MAX_AGE": json.loads(os.environ.get("PGPOOL_DJANGO_CONN_MAX_AGE", "0")),
         "OPTIONS": {"pool": _pool, **({"assume_role": _role} if _role else {})},
+        "POOL_OPTIONS": json.loads(os.environ.get("PGPOOL_DJANGO_POOL_OPTIONS", "{}")),
     }
 
 
