@@ -64,8 +64,7 @@ def session() -> dict[str, Any]:
 def pool_stats(alias: str = "default") -> dict[str, Any]:
     from pgpool.contrib.django import stats
 
-    snapshot = stats()[alias]
-    return {name: getattr(snapshot, name) for name in snapshot.__slots__}
+    return dict(stats()[alias]._asdict())
 
 
 def run_threads(count: int, work: Callable[[int], None]) -> None:
