@@ -730,6 +730,10 @@ class PoolMachine(RuleBasedStateMachine):
             # a Simple pool's inline maintenance may close a kept, killed connection).
             broken = pool.stats().broken_returns > before.broken_returns
             expected = "broken" if broken else "keep"
+        if expected == "keep" and model.size >= model.config.maxconn:
+            # Over a maxconn that resize() lowered (the only way to be over it): the pool
+            # closes the connection instead of keeping it, until it fits.
+            expected = "retired"
         if expected == "keep":
             track.where = "idle"
             track.last_used = self.clock()
@@ -929,6 +933,32 @@ class PoolMachine(RuleBasedStateMachine):
         if future:
             self.clock.advance_to(min(future))
 
+    @rule(maxconn=st.integers(1, 3), minconn=st.integers(0, 3))
+    def resize(self, maxconn: int, minconn: int) -> None:
+        """`resize(minconn, maxconn)`: the coldest idle connections over the new maxconn are
+        closed at once, the rest as they come back (see putconn's "retired"), and the pool
+        refills to the new minconn."""
+        model, pool = self.model, self.pool
+        assert model is not None and pool is not None
+        minconn = min(minconn, maxconn)
+        if model.closed:
+            self._expect_closed(lambda: pool.resize(minconn, maxconn))
+            return
+        model.config = dataclasses.replace(model.config, minconn=minconn, maxconn=maxconn)
+        excess = model.size - maxconn
+        closing = model.idle[: max(excess, 0)]
+        model.idle = model.idle[len(closing) :]
+        for track in closing:
+            self._drop(track)
+        while model.size < minconn and self.clock() >= model.next_connect_at:
+            if self._connect(where="idle") is None:
+                break  # the first failure ends the refill; the back-off holds the rest
+        note_event(f"resize: {len(closing)} closed, {model.size - maxconn} over")
+        pool.resize(minconn, maxconn)
+        self._adopt_pending()
+        for track in closing:
+            assert track.conn.closed, f"resize dropped {track} without closing it"
+
     @rule()
     def maintain(self) -> None:
         model, pool = self.model, self.pool
@@ -994,7 +1024,8 @@ class PoolMachine(RuleBasedStateMachine):
         pool._state.check_invariants()
         # stats() says what the model says.
         stats = pool.stats()
-        assert stats.size <= config.maxconn, "more connections than maxconn"
+        over = stats.size > config.maxconn
+        assert not over or pool._state.shrinking, "more connections than maxconn"
         gauges = {"idle": len(model.idle), "in_use": len(model.leased), "connecting": 0}
         gauges["waiting"] = 0
         actual = stats._asdict()
@@ -1100,5 +1131,27 @@ def test_explicit_begin_in_autocommit_is_rolled_back_on_return() -> None:
         loan = state.getconn(key=None, explicit_timeout=True)
         state.use(action="begin", loan=loan)
         state.putconn(how="plain", loan=loan)
+
+    replay(PoolMachine(), steps)
+
+
+def test_a_shrunk_pool_closes_returns_until_it_fits_and_a_grow_ends_that() -> None:
+    """resize() below the connections checked out: the first returns are closed until the
+    pool fits, the next is kept. A grow right after a shrink keeps every return (the shrink
+    used to mark connections to close, and the grow did not unmark them)."""
+
+    def steps(state: PoolMachine) -> None:
+        state.open_pool(config=config(maxconn=3))
+        loans = [state.getconn(key=None, explicit_timeout=True) for _ in range(3)]
+        state.resize(maxconn=1, minconn=0)
+        for loan in loans:
+            state.putconn(how="plain", loan=loan)  # closed, closed, kept
+        state.resize(maxconn=3, minconn=0)
+        loans = [state.getconn(key=None, explicit_timeout=True) for _ in range(3)]
+        state.resize(maxconn=1, minconn=0)
+        state.resize(maxconn=3, minconn=0)
+        for loan in loans:
+            state.putconn(how="plain", loan=loan)  # all kept
+        assert state.pool is not None and state.pool.stats().idle == 3
 
     replay(PoolMachine(), steps)
