@@ -8,6 +8,7 @@ appear only as short deadlines, and elapsed time only as a lower bound.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import signal
@@ -33,6 +34,8 @@ from support import (
 )
 
 import pgpool
+from pgpool.bell import Bell
+from pgpool.state import ORPHAN_GRACE, PoolState, Slot, Waiter
 
 
 @pytest.fixture
@@ -635,3 +638,90 @@ def test_idle_connections_are_served_while_connects_stall(pools: Pools) -> None:
     finally:
         connector.gate.set()
     wait_until(lambda: pool.stats().idle == 2, "the new connection joining the idle stack")
+
+
+# -- the connector's bell, and orphans -------------------------------------------------------
+
+
+class CountingBell(Bell):
+    """A connector's bell that counts its rings (no thread sleeps on it)."""
+
+    __slots__ = ("rings",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rings = 0
+
+    def ring(self) -> None:
+        self.rings += 1
+        super().ring()
+
+
+def test_queueing_at_a_full_pool_does_not_wake_the_connector() -> None:
+    """The connector is rung only while a connect is wanted: waiters outnumber the connects
+    in flight *and* the pool has room. Without the second half, every caller that queued at
+    a full pool woke the connector for nothing (a spike of 50 callers: 50 wasted rounds).
+    Pure bookkeeping, so a PoolState with a bell that counts."""
+    state = PoolState(pgpool.PoolOptions(minconn=0, maxconn=2))
+    bell = CountingBell()
+    state.use_connector(bell)
+    now = 1000.0
+    for _ in range(2):  # two callers connect (timeout=0 callers do) and keep their connections
+        assert state.reserve_connect(now, can_wait=False)
+        slot = Slot(object(), now, math.inf, (), "UTF8", last_used=now)
+        assert state.connected(slot, None, now)
+    assert (state.size, bell.rings) == (2, 0)
+    for _ in range(5):
+        state.enqueue(Waiter(None, now, now + 10))  # the pool is full: nothing to connect
+    assert bell.rings == 0
+    gone = next(iter(state.leased.values()))
+    state.drop_leased(gone, now, "broken")  # now there is room: one connect is wanted
+    assert bell.rings == 1
+    state.check_invariants()
+
+
+def test_an_orphan_waiter_is_dropped_not_handed_the_next_connection(pools: Pools) -> None:
+    """A waiter whose thread an exception ended before it left the queue (an orphan) stays
+    first in line: the next free connection is handed to nobody, lost for good without
+    max_lease. Maintenance drops a waiter still queued ORPHAN_GRACE after its deadline."""
+    clock = FakeClock()
+    pool = pools.threaded(0, 1, clock=clock)
+    held = pool.getconn()
+    with pool._lock:  # what a caller's getconn leaves behind if its thread dies mid-wait
+        pool._state.enqueue(Waiter(None, clock(), clock() + 1.0))
+    clock.advance(1.0 + ORPHAN_GRACE / 2)
+    pool.maintain()
+    assert pool.stats().waiting == 1  # not an orphan yet: it may still be on its way out
+    clock.advance(ORPHAN_GRACE)
+    pool.maintain()
+    assert pool.stats().waiting == 0
+    pool.putconn(held)
+    assert pool.getconn(timeout=0) is held  # not given to the orphan
+    pool.putconn(held)
+
+
+def test_an_outage_logs_its_retry_schedule_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """The first failed connect of an outage is a warning; each retry after it is DEBUG,
+    with the back-off it starts, so the schedule can be read from the log."""
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise psycopg2.OperationalError("connection refused (on purpose)")
+
+    caplog.set_level(logging.DEBUG, logger="pgpool")
+    pool = pgpool.ThreadedConnectionPool(
+        1, 1, "", connector=refuse, open=False, maintenance_interval=0.01
+    )
+    try:
+        pool.open()
+        wait_until(lambda: pool.stats().connect_errors >= 3, "three failed connects")
+    finally:
+        pool.closeall()
+    schedule = [
+        r.getMessage() for r in caplog.records if "failed in a row; backing off" in r.getMessage()
+    ]
+    assert [re.search(r"(\d+) connect\(s\) failed in a row", m)[1] for m in schedule[:3]] == [
+        "1", "2", "3"
+    ]  # fmt: skip
+    assert all(re.search(r"backing off until t=\d+\.\d{3}$", m) for m in schedule)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "could not open a connection" in warnings[0].getMessage()

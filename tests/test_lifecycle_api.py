@@ -405,6 +405,30 @@ def test_resize_grows_and_serves_waiters(dsn: str) -> None:
         pool.closeall()
 
 
+def test_growing_serves_the_callers_already_waiting(dsn: str) -> None:
+    """Where people resize: callers queue at a full pool, nothing comes back, and maxconn
+    goes up. The connector must be told at once (resize dispatches): with minconn left at
+    0 no refill would serve them, and they would wait out their deadline."""
+    app = unique_app("grow-waiters")
+    pool = pgpool.ThreadedConnectionPool(0, 2, pool_dsn(dsn, app), maintenance_interval=None)
+    try:
+        held = [pool.getconn(), pool.getconn()]
+        waiters = [in_thread(lambda: pool.getconn(timeout=5))[1] for _ in range(6)]
+        wait_for(lambda: pool.stats().waiting == 6, what="six callers waiting")
+        pool.resize(0, 8)
+        for waiting in waiters:
+            assert waiting.done.wait(10) and waiting.error is None, waiting.error
+        served = [waiting.result for waiting in waiters]
+        assert len({id(conn) for conn in [*held, *served]}) == 8
+        stats = pool.stats()
+        assert (stats.minconn, stats.size, stats.in_use, stats.waiting) == (0, 8, 8, 0)
+        for conn in [*held, *served]:
+            pool.putconn(conn)
+        _sessions_match(pool, dsn, app)
+    finally:
+        pool.closeall()
+
+
 def test_closeall_with_a_timeout_drains(dsn: str) -> None:
     app = unique_app("drain")
     pool = pgpool.ThreadedConnectionPool(1, 3, pool_dsn(dsn, app), timeout=10)
