@@ -75,9 +75,11 @@ def test_table_fixture_closes_the_pools_before_dropping(dsn: str) -> None:
 def test_teardown_ends_when_the_pool_keeps_a_connection_in_a_transaction(
     dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The regression of issue 12.4 itself: the return no longer rolls back, so the pool keeps
-    an idle connection whose transaction holds a lock on the fixture's table."""
-    monkeypatch.setattr(pgpool.connection, "_roll_back", lambda conn: None)  # broken on purpose
+    """The regression of issue 12.4 itself: the return no longer cleans, so the pool keeps an
+    idle connection whose transaction holds a lock on the fixture's table. (Breaking only the
+    rollback is not enough: `clean` then sees psycopg2's status still in a transaction and the
+    pool discards the connection, so the whole cleaning step is broken here.)"""
+    monkeypatch.setattr(pgpool.connection, "clean", lambda *args: True)  # broken on purpose
     app = unique_app_name("teardown")
     pools = Pools(dsn)
     fixture = table_fixture(dsn, pools)
