@@ -13,11 +13,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import psycopg2.extensions
+import pytest
 from fakes import FakeClock, FakeServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pgpool
+from pgpool.connection import session_defaults
 from pgpool.state import PoolState, Slot
 
 SIZE = 3
@@ -96,5 +99,31 @@ def test_the_twin_really_differs_when_a_copy_is_wrong() -> None:
         twin.leased.pop(id(conn))
         twin.idle.append(slot)  # give_back without slot.last_used = now
         assert view(pool._state) != view(twin)
+    finally:
+        pool.closeall()
+
+
+# putconn's fast path compares the session attributes one at a time: each comparison must be
+# there, or a borrower's change to that one attribute would reach the next borrower.
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("autocommit", True),
+        ("isolation_level", psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE),
+        ("readonly", True),
+        ("deferrable", True),
+    ],
+)
+def test_one_session_attribute_changed_is_restored(dsn: str, attribute: str, value: Any) -> None:
+    pool = pgpool.ThreadedConnectionPool(0, 1, dsn, maintenance_interval=None)
+    try:
+        conn = pool.getconn()
+        defaults = session_defaults(conn)
+        setattr(conn, attribute, value)
+        pool.putconn(conn)
+        again = pool.getconn()
+        assert again is conn
+        assert session_defaults(again) == defaults
+        pool.putconn(again)
     finally:
         pool.closeall()
