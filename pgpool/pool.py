@@ -99,6 +99,11 @@ class AbstractConnectionPool(PoolMaintenance):
                     slot.leased_at = now
                     state.leased[id(slot.conn)] = slot
                     state.checkouts += 1
+                    # Used moments ago (idle since last_used) and not expired: handed out
+                    # from here, without a health check. _vet_or_retry sees to the others.
+                    if now - slot.last_used <= self._check_after and now < slot.expires_at:
+                        conn: Connection = slot.conn
+                        return conn
                     waiter = None
                 elif self._queue_at_once and not state.closed:
                     slot = None
@@ -113,12 +118,14 @@ class AbstractConnectionPool(PoolMaintenance):
                     assert waiter is not None
                     slot = self._await(waiter, now + self._options.timeout, now)
                     assert slot is not None  # with a connector, a waiter is never told to connect
-                # Used moments ago (idle from last_used until it was leased) and not expired:
-                # handed out without a health check. _vet_or_retry sees to the others.
-                leased_at = slot.leased_at
-                if leased_at - slot.last_used <= self._check_after and leased_at < slot.expires_at:
-                    conn: Connection = slot.conn
-                    return conn
+                    # Handed over by a return or a fresh connect: the same check as above.
+                    leased_at = slot.leased_at
+                    if (
+                        leased_at - slot.last_used <= self._check_after
+                        and leased_at < slot.expires_at
+                    ):
+                        conn = slot.conn
+                        return conn
                 return self._vet_or_retry(slot, None, now + self._options.timeout)
             except PoolTimeout as error:
                 self._log_timeout(error)  # here, not where it was raised: under the lock
@@ -192,9 +199,13 @@ class AbstractConnectionPool(PoolMaintenance):
                 and not conn.closed
                 and conn.get_transaction_status() == TRANSACTION_STATUS_IDLE
                 and conn.status == STATUS_READY
-                and (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
-                == slot.defaults  # see connection.SESSION_ATTRIBUTES
                 and self._reset is None
+                # The session attributes as they were at connect (connection.SESSION_ATTRIBUTES),
+                # one at a time: no tuple built, and the first difference ends the test.
+                and conn.autocommit == (defaults := slot.defaults)[0]
+                and conn.isolation_level == defaults[1]
+                and conn.readonly == defaults[2]
+                and conn.deferrable == defaults[3]
             ):
                 now = self._clock()
                 # Shrinking after resize(): the long way, where end_return decides.
