@@ -17,7 +17,9 @@ The goals are issue 7's table, one line per condition:
 - churn (1, 3) and the goals met before (scale's pool-size axis, spike vs psycopg2.pool):
   still met;
 - import: ``import pgpool`` within 1.5x psycopg2.pool's time and +2 MiB of its memory
-  (issue 18), each in a fresh interpreter.
+  (issue 18), each in a fresh interpreter;
+- django: the pgpool ENGINE at >= django-db-connection-pool's requests per second, with 0
+  connects per 1,000 requests, and fewer failed requests across a server restart (issue 17).
 
 A contender that opened more sessions than the configured maximum (psycopg2-pool does,
 see contenders.py) is never the "best" or "other" pool a goal is judged against: it buys
@@ -358,6 +360,37 @@ def _import(res: dict[str, Any]) -> list[Goal]:
     ]
 
 
+def _django(res: dict[str, Any]) -> list[Goal]:
+    rows = res["rows"]
+    if "pgpool" not in rows or "ddcp" not in rows:
+        return [Goal("django", "pgpool ENGINE vs django-db-connection-pool", "not measured", None)]
+    mine, theirs = rows["pgpool"], rows["ddcp"]
+    rps, base_rps = _median(mine, "rps"), _median(theirs, "rps")
+    connects = _median(mine, "connects_per_1000")
+    failed, base_failed = mine["restart"]["failed"], theirs["restart"]["failed"]
+    return [
+        Goal(
+            "django",
+            "pgpool ENGINE req/s >= django-db-connection-pool's",
+            f"{rps:,.0f} vs {base_rps:,.0f} req/s = {rps / base_rps:.2f}x"
+            + _noise(mine, theirs, "rps"),
+            rps >= base_rps,
+        ),
+        Goal(
+            "django",
+            "pgpool ENGINE: 0 connects per 1,000 requests",
+            f"{connects:g} per 1,000",
+            connects == 0,
+        ),
+        Goal(
+            "django",
+            "fewer failed requests across a restart than django-db-connection-pool",
+            f"{failed} vs {base_failed}",
+            failed < base_failed,
+        ),
+    ]
+
+
 JUDGES: dict[str, Callable[[dict[str, Any]], list[Goal]]] = {
     "cycle": _cycle,
     "contention": _contention,
@@ -365,6 +398,7 @@ JUDGES: dict[str, Callable[[dict[str, Any]], list[Goal]]] = {
     "spike": _spike,
     "scale": _scale,
     "import": _import,
+    "django": _django,
 }
 
 

@@ -323,7 +323,32 @@ def test_import_measures_a_fresh_interpreter() -> None:
     assert empty_ms < ms
 
 
-@pytest.mark.parametrize("scenario", ["cycle", "contention", "churn", "spike", "scale", "import"])
+# -- django -------------------------------------------------------------------------------
+
+
+def _django_row(rps: float, connects: float, failed: int) -> dict[str, Any]:
+    return {"rps": s(rps), "connects_per_1000": s(connects), "restart": {"failed": failed}}
+
+
+@pytest.mark.parametrize(
+    ("pgpool", "met"),
+    [
+        (_django_row(1000, 0, 4), [True, True, True]),  # as fast, no connects, fewer failed
+        (_django_row(990, 0.5, 19), [False, False, False]),  # slower, connects, as many failed
+    ],
+)
+def test_django_engine_against_django_db_connection_pool(
+    pgpool: dict[str, Any], met: list[bool]
+) -> None:
+    rows = {"pgpool": pgpool, "ddcp": _django_row(1000, 0, 19)}
+    goals = [g for g in evaluate({"django": {"rows": rows}}) if g.scenario == "django"]
+    assert [g.met for g in goals] == met
+    assert goals[2].measured == f"{pgpool['restart']['failed']} vs 19"
+
+
+@pytest.mark.parametrize(
+    "scenario", ["cycle", "contention", "churn", "spike", "scale", "import", "django"]
+)
 def test_a_scenario_not_run_is_reported_not_run(scenario: str) -> None:
     goals = [g for g in evaluate({}) if g.scenario == scenario]
     assert [g.verdict for g in goals] == ["NOT RUN"]
