@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -122,34 +123,114 @@ class BargingPool(step4_fifo.FifoPool):
 PATIENCES = (0.0, 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.02, math.inf)
 
 
-def main(reps: int = 3, seconds: float = 1.0) -> None:
+THREADS, CONNS = 16, 4
+
+
+def measure(dsn: str, reps: int = 3, seconds: float = 1.0) -> dict[str, Any]:
+    """Each patience, psycopg2's retry loop and pgpool, `reps` runs of `seconds` each, the
+    rows taking turns; the medians, and the load average around the runs."""
     import functools
+    import os
     import statistics
 
     import pgpool
 
-    from ._common import server
     from .measure import Psycopg2Retry, contention_numbers
 
-    threads, conns = 16, 4
-    rows: list[tuple[str, Any]] = [
-        (f"barging, patience {p * 1000:g} ms", functools.partial(BargingPool, patience=p))
+    pools: list[tuple[str, float | None, Any]] = [
+        (f"barging, patience {p * 1000:g} ms", p, functools.partial(BargingPool, patience=p))
         for p in PATIENCES
     ]
-    rows += [("psycopg2 + retry loop", Psycopg2Retry), ("pgpool", pgpool.ThreadedConnectionPool)]
-    print(f"{threads} threads on {conns} connections, SELECT 1, {seconds:g} s per run;")
-    print(f"median of {reps} runs, the rows taking turns")
-    runs: dict[str, list[tuple[float, float, float, int, int]]] = {label: [] for label, _ in rows}
+    pools += [
+        ("psycopg2 + retry loop", None, Psycopg2Retry),
+        ("pgpool", None, pgpool.ThreadedConnectionPool),
+    ]
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[tuple[float, float, float, int, int]]] = {p[0]: [] for p in pools}
+    for _ in range(reps):
+        for label, _patience, pool in pools:
+            runs[label].append(contention_numbers(pool, dsn, THREADS, CONNS, seconds))
+    rows = []
+    for label, patience, _pool in pools:
+        rows.append(
+            {
+                "label": label,
+                "patience_ms": None if patience is None else patience * 1000,
+                "qps": statistics.median(r[0] for r in runs[label]),
+                "worst_ms": statistics.median(r[2] for r in runs[label]) * 1000,
+                # fewest queries of one thread / most: 1 even, 0 a thread made none
+                "fairness": statistics.median(r[3] / r[4] for r in runs[label]),
+            }
+        )
+    settings = {"threads": THREADS, "conns": CONNS, "reps": reps, "seconds": seconds}
+    load = {"before": round(load_before, 1), "after": round(os.getloadavg()[0], 1)}
+    return {"settings": settings, "cpus": os.cpu_count(), "loadavg": load, "rows": rows}
+
+
+def table(results: dict[str, Any]) -> str:
+    """The measurement as the chapter shows it."""
+    s = results["settings"]
+    lines = [
+        f"{s['threads']} threads on {s['conns']} connections, SELECT 1, {s['seconds']:g} s per"
+        f" run; median of {s['reps']} runs, the rows taking turns",
+        f"{'':28} {'q/s':>7} {'worst wait':>11} {'fairness':>9}",
+    ]
+    for row in results["rows"]:
+        lines.append(
+            f"{row['label']:28} {row['qps']:7,.0f} {row['worst_ms']:8.1f} ms {row['fairness']:9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: str) -> None:
+    """The curve: q/s, worst wait and fairness against patience, with psycopg2's retry loop
+    and pgpool as lines across (they have no patience). Needs matplotlib (bench extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = [r for r in results["rows"] if r["patience_ms"] is not None]
+    others = [r for r in results["rows"] if r["patience_ms"] is None]
+    finite = [r for r in curve if math.isfinite(r["patience_ms"])]
+    xs = [max(r["patience_ms"], 0.01) for r in finite]  # 0 drawn at 0.01 ms on a log axis
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = (("qps", "queries/s"), ("worst_ms", "worst wait (ms, log)"), ("fairness", "fairness"))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        ax.plot(xs, [r[key] for r in finite], marker="o", color="tab:blue", label="barging")
+        for row, style in zip(others, ("--", ":"), strict=True):
+            ax.axhline(row[key], linestyle=style, color="tab:gray", label=row["label"])
+        never = next(r for r in curve if not math.isfinite(r["patience_ms"]))
+        ax.axhline(never[key], linestyle="-.", color="tab:red", label="never stops barging")
+        ax.set_xscale("log")
+        ax.set_xlabel("patience (ms; 0 drawn at 0.01)")
+        ax.set_title(title)
+        if key == "worst_ms":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    import argparse
+    import json
+
+    from ._common import server
+
+    cli = argparse.ArgumentParser(prog="python -m course.step4b_barging")
+    cli.add_argument("--out", metavar="DIR", help="also write results.json and curve.png")
+    args = cli.parse_args()
     with server() as dsn:
-        for _ in range(reps):
-            for label, pool in rows:
-                runs[label].append(contention_numbers(pool, dsn, threads, conns, seconds))
-    print(f"{'':28} {'q/s':>7} {'worst wait':>11} {'fairness':>9}")
-    for label, _ in rows:
-        qps = statistics.median(r[0] for r in runs[label])
-        worst = statistics.median(r[2] for r in runs[label])
-        fair = statistics.median(r[3] / r[4] for r in runs[label])  # fewest / most queries
-        print(f"{label:28} {qps:7,.0f} {worst * 1000:8.1f} ms {fair:9.2f}")
+        results = measure(dsn)
+    print(table(results))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        plot(results, str(out / "curve.png"))
+        print(f"wrote {out / 'results.json'} and {out / 'curve.png'}")
 
 
 if __name__ == "__main__":

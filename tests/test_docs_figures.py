@@ -243,3 +243,32 @@ def test_sizing_table_is_the_committed_run() -> None:
     assert sizing_table() in page, (
         f"docs/sizing.md should carry, from {RESULTS.name}:\n{sizing_table()}"
     )
+
+
+# -- chapter 4b: its table and figures are the committed run's ------------------------------
+
+BARGING = ROOT / "docs" / "learn" / "barging" / "results.json"
+
+
+def test_barging_chapter_shows_the_committed_run() -> None:
+    from course.step4b_barging import table
+
+    results = json.loads(BARGING.read_text(encoding="utf-8"))
+    page = (ROOT / "docs" / "learn" / "04b-barging.md").read_text(encoding="utf-8")
+    assert table(results) in page, (
+        f"04b-barging.md should show, from {BARGING.name}:\n{table(results)}"
+    )
+    rows = {row["label"]: row for row in results["rows"]}
+    never, strict = rows["barging, patience inf ms"], rows["barging, patience 0 ms"]
+    long, pg = rows["barging, patience 20 ms"], rows["pgpool"]
+    load = results["loadavg"]
+    for quoted in (
+        f"{never['qps']:,.0f} queries/s against\n  {strict['qps']:,.0f} for the strict hand-off",
+        f"{long['worst_ms']:.1f} ms at 20 ms, while fairness falls from\n  {strict['fairness']:.2f} to {long['fairness']:.2f}",
+        f"({pg['qps']:,.0f} queries/s, worst wait {pg['worst_ms']:.1f} ms, fairness {pg['fairness']:.2f})",
+        f"(load average\n{load['before']:g} when it started, {load['after']:g} when it ended)",
+    ):
+        assert quoted in page, quoted
+    assert never["fairness"] < 0.005 and all(
+        r["qps"] <= strict["qps"] for r in results["rows"][1:7]
+    ), "the chapter says every finite patience was at or below the strict hand-off"
