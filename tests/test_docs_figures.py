@@ -272,3 +272,25 @@ def test_barging_chapter_shows_the_committed_run() -> None:
     assert never["fairness"] < 0.005 and all(
         r["qps"] <= strict["qps"] for r in results["rows"][1:7]
     ), "the chapter says every finite patience was at or below the strict hand-off"
+
+
+# -- reliability.md: the long chaos run's table is its committed record ---------------------
+
+
+def test_reliability_quotes_the_committed_chaos_run() -> None:
+    chaos = json.loads((ROOT / "docs" / "chaos-latest.json").read_text(encoding="utf-8"))
+    page = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+    errors, faults = chaos["errors"], chaos["faults"]
+    for quoted in (
+        f"({chaos['seconds']:.0f} s, seed {chaos['seed']},",
+        f"| operations | {chaos['operations']:,} |",
+        f"| {chaos['committed']:,} / {chaos['rolled_back']:,} / {chaos['unknown']:,} |",
+        f"`OperationalError` {errors['OperationalError']}, `DatabaseError`"
+        f" {errors['DatabaseError']}, `QueryCanceled` {errors['QueryCanceled']}",
+        f"| forgotten connections reclaimed (`max_lease`) | {chaos['leases_reclaimed']} |",
+        f"| kill all {faults['kill_all']}, kill some {faults['kill_some']}, fast restart"
+        f" {faults['restart_fast']}, immediate restart {faults['restart_immediate']}, black hole"
+        f" {faults['blackhole']}, links dropped {faults['drop_links']} |",
+        f"| largest pool size | {chaos['max_pool_size']} (never over `maxconn` {chaos['maxconn']}) |",
+    ):
+        assert quoted in page, f"docs/reliability.md should say, from chaos-latest.json: {quoted}"
