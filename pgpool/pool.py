@@ -269,8 +269,9 @@ class AbstractConnectionPool(PoolMaintenance):
             if self._state.closed:
                 if self._opened:
                     raise self._closed_error()
-                # Never opened (open=False): now closed for good, quietly, as psycopg_pool's
-                # close() does; open() raises from now on (and closeall() does, as usual).
+                # Never opened (open=False): now closed for good, quietly (psycopg_pool's
+                # close() is quiet too, but leaves such a pool openable): a shutdown hook
+                # that ran must not be undone by a late open(), which raises from now on.
                 self._opened = True
             error = PoolClosed(f"pool {self.name!r} was closed")
             slots = self._state.close(error, in_use and not draining)

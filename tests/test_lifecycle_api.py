@@ -60,8 +60,8 @@ def test_open_false_opens_nothing_until_open(dsn: str) -> None:
 def test_closeall_before_open_closes_for_good_quietly() -> None:
     """closeall() of a pool created with open=False raised "not open yet" and left it
     openable: a shutdown hook that runs before the app ever opened its pool failed, and the
-    pool could still be opened after it. Now it closes it for good, as psycopg_pool's
-    close() does, and a second closeall() raises as usual."""
+    pool could still be opened after it. Now it closes it for good, quietly (psycopg_pool's
+    close() is quiet too), and a second closeall() raises as usual."""
     pool = pgpool.ThreadedConnectionPool(1, 2, "", open=False)
     pool.closeall()
     assert pool.closed
