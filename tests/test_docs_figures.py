@@ -294,3 +294,62 @@ def test_reliability_quotes_the_committed_chaos_run() -> None:
         f"| largest pool size | {chaos['max_pool_size']} (never over `maxconn` {chaos['maxconn']}) |",
     ):
         assert quoted in page, f"docs/reliability.md should say, from chaos-latest.json: {quoted}"
+
+
+# -- deploying.md: the fleet table is the committed run's fleet scenario --------------------
+
+FLEET_ROWS = ("direct", "pgbouncer-16", "pgbouncer-8", "limited-direct", "limited-pgbouncer-6")
+FLEET_NAMES = {
+    "direct": "direct",
+    "pgbouncer-16": "PgBouncer, pool 16",
+    "pgbouncer-8": "PgBouncer, pool 8",
+    "limited-direct": "direct, 6 allowed",
+    "limited-pgbouncer-6": "PgBouncer 6, 6 allowed",
+}
+
+
+def fleet() -> dict[str, Any]:
+    with gzip.open(RESULTS, "rt", encoding="utf-8") as file:
+        rows: dict[str, Any] = json.load(file)["scenarios"]["fleet"]["rows"]
+    return rows
+
+
+def fleet_table() -> str:
+    lines = [
+        "| to the server | query | transactions/s | p50 ms | p99 ms | server conns"
+        " | client conns | processes that served nothing |",
+        "|:--|--|--:|--:|--:|--:|--:|--:|",
+    ]
+    queries = {"select1": "`SELECT 1`", "sleep2ms": "`pg_sleep(0.002)`"}
+    for query, rows in fleet().items():
+        for key in FLEET_ROWS:
+            r = rows[key]
+            tps = r["tps"]
+            starved = r["starved_processes"]
+            lines.append(
+                f"| {FLEET_NAMES[key]} | {queries[query]} | {tps['median']:,.0f}"
+                f" ±{(tps['max'] - tps['min']) / 2:,.0f} | {r['p50_ms']['median']:.2f}"
+                f" | {r['p99_ms']['median']:.2f} | {r['server_connections']}"
+                f" | {r['client_connections']} | {f'**{starved} of 8**' if starved else 0} |"
+            )
+    return "\n".join(lines)
+
+
+def test_fleet_table_is_the_committed_run() -> None:
+    page = (ROOT / "docs" / "deploying.md").read_text(encoding="utf-8")
+    assert fleet_table() in page, (
+        f"deploying.md should carry, from {RESULTS.name}:\n{fleet_table()}"
+    )
+    rows = fleet()
+
+    def share(query: str, key: str) -> float:
+        return 100 * rows[query][key]["tps"]["median"] / rows[query]["direct"]["tps"]["median"]
+
+    for quoted in (
+        f"{share('select1', 'pgbouncer-16'):.0f} % and {share('select1', 'pgbouncer-8'):.0f} %"
+        " of the direct\n  throughput",
+        f"16 give {share('sleep2ms', 'pgbouncer-16'):.0f} % of the direct rate,"
+        f" 8 give {share('sleep2ms', 'pgbouncer-8'):.0f} %,\n"
+        f"  6 give {share('sleep2ms', 'limited-pgbouncer-6'):.0f} %",
+    ):
+        assert quoted in page, quoted
