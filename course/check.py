@@ -308,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         return max(reset(exercise) for exercise in chosen)
     try:
         _harness()  # imports every course step: a file that does not import stops here
+    except ModuleNotFoundError as error:
+        if error.name and error.name.partition(".")[0] not in {"course", "pgpool"}:
+            print(f"the check needs the test tools ({error.name} is missing): run")
+            print("  PGPOOL_EXTRAS=test bash -c 'source scripts/_venv.sh'")
+            return 2
+        print(f"a file does not import: {_first_line(error)}")
+        return 2
     except Exception as error:
         print(f"a file does not import: {_first_line(error)}")
         return 2

@@ -273,6 +273,12 @@ def test_a_typo_is_not_a_broken_property(dsn: str, tmp_path: Path) -> None:
     assert result.returncode == 1
 
 
+def test_a_file_that_does_not_import_is_named(dsn: str, tmp_path: Path) -> None:
+    broken = Solution("00", "course/step0_why.py", (("class NoPool:", "class NoPool"),))
+    result = run_check(copy_of_the_repository(tmp_path, (broken,)), dsn, "00")
+    assert result.returncode == 2 and "a file does not import: SyntaxError" in result.stdout
+
+
 def test_reset_restores_the_file(dsn: str, tmp_path: Path) -> None:
     root = copy_of_the_repository(tmp_path, ())
     git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
