@@ -505,6 +505,41 @@ def test_a_cancel_request_released_while_being_sent_is_freed_after_it(
     assert libpq.freed == [1234]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_a_stopper_holds_one_duplicate_until_released_then_does_nothing(dsn: str) -> None:
+    """A Stopper keeps a duplicate of its connection's socket from connect to discard, so
+    the socket's number is never reused meanwhile; once released, it holds no descriptor,
+    and a late cut or cancel (a reclaim that lost the race) touches nothing."""
+    conn = psycopg2.connect(dsn)
+    target = os.readlink(f"/proc/self/fd/{conn.fileno()}")  # the socket, not its number
+
+    def descriptors() -> int:
+        names = os.listdir("/proc/self/fd")
+        count = 0
+        for name in names:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed since
+                count += os.readlink(f"/proc/self/fd/{name}") == target
+        return count
+
+    try:
+        assert descriptors() == 1
+        stopper = Stopper(conn)
+        assert descriptors() == 2
+        stopper.cut()
+        stopper.cut()  # already shut down: nothing left to cut, and no error
+        with pytest.raises(psycopg2.OperationalError), conn.cursor() as cursor:
+            cursor.execute("SELECT 1")  # the cut reached the connection's own socket
+        held = descriptors()  # the duplicate, and libpq's own unless it dropped it on error
+        stopper.release()
+        assert descriptors() == held - 1
+        stopper.cut()
+        assert not stopper.cancel(0.5)
+        stopper.release()
+    finally:
+        conn.close()
+    assert descriptors() == 0
+
+
 class Watched(psycopg2.extensions.connection):
     """A psycopg2 connection that records who reads what a cancel or a cut needs, and when:
     the handle of libpq's PGconn and the socket's descriptor number."""
