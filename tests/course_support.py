@@ -15,6 +15,8 @@ a gate so a test can look at the pool while a connect is in flight.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -41,6 +43,7 @@ from course import (
     step2_queue,
     step3_condition,
     step4_fifo,
+    step4b_barging,
     step5_reserve,
     step6_maintained,
 )
@@ -188,6 +191,12 @@ SUBJECTS = (
     Subject("step2", "2 Queue", _course(step2_queue.QueuePool)),
     Subject("step3", "3 Condition", _course(step3_condition.ConditionPool)),
     Subject("step4", "4 FIFO", _course(step4_fifo.FifoPool)),
+    # Chapter 4b's pool with no limit: it never stops barging.
+    Subject(
+        "step4b",
+        "4b Barging, no limit",
+        _course(functools.partial(step4b_barging.BargingPool, patience=math.inf)),
+    ),
     Subject("step5", "5 Reserve", _course(step5_reserve.ReservePool)),
     Subject(
         "step6", "6 Maintained", _course(step6_maintained.MaintainedPool, True), maintains=True
