@@ -90,8 +90,13 @@ def test_results_json(quick_run: tuple[Path, int, str, str]) -> None:
     assert {"pgpool-threaded", "psycopg2-threaded"} <= set(churn["timelines"])
     timeline = churn["timelines"]["pgpool-threaded"]
     assert len(timeline["t"]) == len(timeline["idle"]) == len(timeline["opened"]) > 0
-    verdicts = {g["verdict"] for g in results["goals"]}
-    assert verdicts <= {"MET", "MISSED"}  # every goal was judged (none NOT RUN)
+    # Every goal was judged (none NOT RUN) but the one that compares with psycopg2 on one
+    # CPU: pinning needs a server this run started, and this run was given --dsn.
+    one_cpu = [g for g in results["goals"] if "one CPU" in g["goal"]]
+    assert [g["measured"].split(";")[0] for g in one_cpu] == ["not run: CPUs not controlled"]
+    assert "across CPUs" in one_cpu[0]["measured"]  # the wake-up was measured all the same
+    verdicts = {g["verdict"] for g in results["goals"] if g not in one_cpu}
+    assert verdicts <= {"MET", "MISSED"}
     assert len(results["goals"]) >= 10
 
 
