@@ -22,7 +22,7 @@ from faultsupport import (
 )
 
 import pgpool
-from pgpool.state import PoolState, Reservation, Slot
+from pgpool.state import PoolState, Reservation, Slot, Waiter
 from testbed.embedded import EmbeddedPostgres, run_sql
 
 
@@ -368,6 +368,29 @@ def test_resize_closes_a_return_being_cleaned(dsn: str) -> None:
     finally:
         let_go.set()
         pool.closeall()
+
+
+def test_a_waiter_interrupted_after_a_shrink_returns_its_connection_the_long_way() -> None:
+    """A waiter handed a connection before resize() lowered maxconn, then interrupted before
+    it returned (a signal handler raised): what it gives back must go through the return
+    that can close it, not straight onto the idle stack of a pool still over maxconn."""
+    state = PoolState(pgpool.PoolOptions(minconn=0, maxconn=2))
+    now = 1000.0
+    slots = []
+    for _ in range(2):
+        assert state.reserve_connect(now, can_wait=False)
+        slots.append(Slot(object(), now, 9999.0, (), "UTF8", last_used=now))
+        assert state.connected(slots[-1], None, now)
+    waiter = Waiter(None, now, now + 10)
+    state.enqueue(waiter)
+    assert state.give_back(slots[0], now) is waiter and waiter.slot is slots[0]
+    state.resize(pgpool.PoolOptions(minconn=0, maxconn=1), now)
+    assert state.shrinking
+    aside = state.abandon(waiter, now)
+    assert aside is slots[0] and not state.idle  # parked in `returning`, not kept idle
+    assert not state.end_return(aside, now, keep=True)  # closed: the pool now fits
+    assert (state.size, state.shrinking) == (1, False)
+    state.check_invariants()
 
 
 def test_a_grow_after_a_shrink_keeps_what_the_shrink_would_have_closed(dsn: str) -> None:
