@@ -143,7 +143,9 @@ class Pools:
     """Makes pools for one test and closes every one of them (and stray connections) after.
 
     pgpool pools default to `maintenance_interval=None` here: no background thread, so a
-    test that wants maintenance calls `pool.maintain()` itself.
+    test that wants maintenance calls `pool.maintain()` itself. Threaded pools default to
+    `timeout=DEADLINE`, not 30 s: a regression that leaves a caller waiting (the connector
+    never told to connect, say) fails the test that waits, by name, within seconds.
     """
 
     def __init__(self, dsn: str) -> None:
@@ -155,6 +157,7 @@ class Pools:
         self, minconn: int = 0, maxconn: int = 2, *args: Any, **kwargs: Any
     ) -> pgpool.ThreadedConnectionPool:
         kwargs.setdefault("maintenance_interval", None)
+        kwargs.setdefault("timeout", DEADLINE)
         pool = pgpool.ThreadedConnectionPool(minconn, maxconn, *(args or (self.dsn,)), **kwargs)
         self._pools.append(pool)
         return pool

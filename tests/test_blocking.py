@@ -133,7 +133,7 @@ def test_pool_timeout_zero_applies_to_every_call(pools: Pools) -> None:
 
 def test_per_call_timeout_overrides_a_long_pool_timeout(pools: Pools) -> None:
     pool = pools.threaded(0, 1, timeout=300)
-    held = pool.getconn()
+    held = pool.getconn(timeout=10)  # (a regression fails here, not after 300 s)
     with pytest.raises(pgpool.PoolTimeout, match=r"timeout 0\.05 s"):
         pool.getconn(timeout=0.05)
     with pytest.raises(pgpool.PoolTimeout, match=r"timeout 0\.05 s"), pool.connection(0.05):
@@ -246,7 +246,7 @@ def test_max_waiting_refuses_extra_callers_at_once(pools: Pools) -> None:
 
 
 def test_closeall_wakes_every_waiter_with_pool_closed(pools: Pools) -> None:
-    pool = pools.threaded(0, 1, name="bye", timeout=60)
+    pool = pools.threaded(0, 1, name="bye")
     held = pool.getconn()
     waiters = [Task(pool.getconn) for _ in range(3)]
     _waiting(pool, 3)
@@ -327,7 +327,7 @@ def test_infinite_timeout_waits_until_served(pools: Pools) -> None:
     # `timeout=math.inf` ("wait as long as it takes") is accepted by the option checks, so it
     # must work: the waiter is served when a connection comes back.
     pool = pools.threaded(0, 1, timeout=math.inf)
-    held = pool.getconn()
+    held = pool.getconn(timeout=10)  # (a regression fails here, instead of hanging)
     waiter = Task(pool.getconn)
     _waiting(pool, 1)
     assert not waiter.done, f"getconn(timeout=inf) failed: {waiter.error()!r}"
@@ -543,7 +543,7 @@ def test_waiter_is_served_when_the_back_off_after_a_failed_connect_ends(pools: P
     connector = GatedConnector(fail_with=psycopg2.OperationalError("refused"))
     pool = pools.threaded(0, 1, connector=connector)
     connector.armed = True
-    waiter = Task(pool.getconn, None, 60, name="waiter")
+    waiter = Task(pool.getconn, None, 10, name="waiter")
     connector.wait_in_flight(1)
     connector.fail_with = None  # the server is back, but the attempt in flight still fails
     connector.gate.set()
@@ -560,9 +560,9 @@ def test_connector_goes_on_while_waiters_outnumber_connects(pools: Pools) -> Non
     connector = GatedConnector()
     pool = pools.threaded(0, 3, connector=connector)
     connector.armed = True
-    a = Task(pool.getconn, None, 60, name="A")
+    a = Task(pool.getconn, None, 10, name="A")
     connector.wait_in_flight(1)
-    b = Task(pool.getconn, None, 60, name="B")
+    b = Task(pool.getconn, None, 10, name="B")
     _waiting(pool, 2)
     assert pool.stats().connecting == 1
     connector.gate.set()
@@ -580,7 +580,7 @@ def test_max_connecting_bounds_concurrent_connects(pools: Pools) -> None:
     connector = GatedConnector()
     connector.armed = True
     pool = pools.simple(0, 6, connector=connector, max_connecting=2)
-    tasks = [Task(pool.getconn, None, 60, name=f"caller-{n}") for n in range(6)]
+    tasks = [Task(pool.getconn, None, 10, name=f"caller-{n}") for n in range(6)]
     connector.wait_in_flight(2)
     _waiting(pool, 4)
     s = pool.stats()
@@ -601,7 +601,7 @@ def test_connector_opens_one_connection_at_a_time(pools: Pools) -> None:
     connector = GatedConnector()
     connector.armed = True
     pool = pools.threaded(0, 6, connector=connector, max_connecting=2)
-    tasks = [Task(pool.getconn, None, 60, name=f"caller-{n}") for n in range(6)]
+    tasks = [Task(pool.getconn, None, 10, name=f"caller-{n}") for n in range(6)]
     connector.wait_in_flight(1)
     _waiting(pool, 6)
     s = pool.stats()

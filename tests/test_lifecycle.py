@@ -642,7 +642,7 @@ def test_a_prepared_transaction_is_rolled_back_on_return(
     server = restartable_server
     server.execute("ALTER SYSTEM SET max_prepared_transactions = 2")
     server.restart()
-    pool = pgpool.ThreadedConnectionPool(0, 1, server.dsn, maintenance_interval=None)
+    pool = pgpool.ThreadedConnectionPool(0, 1, server.dsn, maintenance_interval=None, timeout=10)
     try:
         conn = pool.getconn()
         conn.tpc_begin(conn.xid(1, "pgpool-prepared", "branch"))

@@ -314,7 +314,7 @@ def test_resize_closes_a_connect_already_under_way(dsn: str) -> None:
 
     app = unique_app("shrink-connecting")
     pool = pgpool.ThreadedConnectionPool(
-        0, 3, pool_dsn(dsn, app), connector=gated_connect, maintenance_interval=None
+        0, 3, pool_dsn(dsn, app), connector=gated_connect, maintenance_interval=None, timeout=10
     )
     try:
         held = pool.getconn()
@@ -349,7 +349,7 @@ def test_resize_closes_a_return_being_cleaned(dsn: str) -> None:
 
     app = unique_app("shrink-returning")
     pool = pgpool.ThreadedConnectionPool(
-        0, 2, pool_dsn(dsn, app), reset=slow_reset, maintenance_interval=None
+        0, 2, pool_dsn(dsn, app), reset=slow_reset, maintenance_interval=None, timeout=10
     )
     try:
         first, second = pool.getconn(), pool.getconn()
@@ -397,7 +397,9 @@ def test_a_grow_after_a_shrink_keeps_what_the_shrink_would_have_closed(dsn: str)
     """A shrink marked the checked-out connections to close on return, and a grow right
     after did not unmark them: 4 of 5 were still closed as they came back."""
     app = unique_app("shrink-grow")
-    pool = pgpool.ThreadedConnectionPool(0, 5, pool_dsn(dsn, app), maintenance_interval=None)
+    pool = pgpool.ThreadedConnectionPool(
+        0, 5, pool_dsn(dsn, app), maintenance_interval=None, timeout=10
+    )
     try:
         held = [pool.getconn() for _ in range(5)]
         pool.resize(0, 1)
@@ -413,7 +415,9 @@ def test_a_grow_after_a_shrink_keeps_what_the_shrink_would_have_closed(dsn: str)
 
 def test_resize_grows_and_serves_waiters(dsn: str) -> None:
     app = unique_app("grow")
-    pool = pgpool.ThreadedConnectionPool(0, 1, pool_dsn(dsn, app), maintenance_interval=None)
+    pool = pgpool.ThreadedConnectionPool(
+        0, 1, pool_dsn(dsn, app), maintenance_interval=None, timeout=10
+    )
     try:
         first = pool.getconn()
         _thread, waiting = in_thread(lambda: pool.getconn(timeout=15))
@@ -433,7 +437,9 @@ def test_growing_serves_the_callers_already_waiting(dsn: str) -> None:
     goes up. The connector must be told at once (resize dispatches): with minconn left at
     0 no refill would serve them, and they would wait out their deadline."""
     app = unique_app("grow-waiters")
-    pool = pgpool.ThreadedConnectionPool(0, 2, pool_dsn(dsn, app), maintenance_interval=None)
+    pool = pgpool.ThreadedConnectionPool(
+        0, 2, pool_dsn(dsn, app), maintenance_interval=None, timeout=10
+    )
     try:
         held = [pool.getconn(), pool.getconn()]
         waiters = [in_thread(lambda: pool.getconn(timeout=5))[1] for _ in range(6)]
