@@ -79,7 +79,8 @@ class Stopper:
         using one is done with it. Call it once the connection is closed for good."""
         self._released = True
         with contextlib.suppress(IndexError):
-            _libpq().PQfreeCancel(self._cancel.pop())
+            cancel = self._cancel.pop()  # first: a fake connection never loads libpq
+            _libpq().PQfreeCancel(cancel)
         with contextlib.suppress(IndexError):
             self._sock.pop().close()  # close, never shutdown: in a forked child, see base.py
 
