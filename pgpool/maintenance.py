@@ -116,7 +116,11 @@ class PoolMaintenance(PoolBase):
             conn_ops.close_quietly(slot.conn, slot.stopper)
 
     def _log_reclaim(self, slot: Slot, now: float) -> None:
-        stack = "".join(slot.lease_stack.format()) if slot.lease_stack else "(not recorded)\n"
+        stack = "(not recorded)\n"
+        if slot.lease_stack:
+            import traceback  # with logging, on first use: see log.py
+
+            stack = "".join(traceback.StackSummary.from_list(slot.lease_stack).format())
         logger.warning(
             "pool %r: reclaiming a connection checked out %.1f s ago and never returned "
             "(max_lease=%s s); getconn was called from:\n%s",

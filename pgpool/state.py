@@ -32,8 +32,6 @@ from .options import PoolOptions, describe
 from .stats import COUNTERS, PoolStats
 
 if TYPE_CHECKING:
-    from traceback import StackSummary  # an annotation only: see log.py
-
     from .stopper import Stopper
 
 # Back-off after failed connects: 10 ms, doubling, capped at 2 s, with jitter. The cap keeps
@@ -94,7 +92,9 @@ class Slot:
         self.last_used = last_used  # when it last became idle: drives health checks and reaping
         self.leased_at = 0.0
         self.key: Hashable | None = None  # the psycopg2-style key it was checked out with
-        self.lease_stack: StackSummary | None = None  # where getconn was called (max_lease)
+        # Where getconn was called (max_lease): (file, line, function, None) per frame, oldest
+        # first, as traceback.StackSummary.from_list takes them.
+        self.lease_stack: list[tuple[str, int, str, None]] | None = None
         # While in `returning`: since when, and whether the pool itself is closing it (reclaim).
         self.returning_since = 0.0
         self.reclaiming = False
