@@ -156,7 +156,12 @@ def headline(scenarios: dict[str, Any]) -> Table:
         idle = marked(res["maxconn"]["idle"], "idle")
         lines.append(_line("scale: maxconn 1000 / 4", idle, labels, grow, "{:.2f}x", False))
         threads = marked(res["threads"], "threads")
-        lines.append(_line("scale: 256 threads / 1", threads, labels, grow, "{:.2f}x", False))
+
+        def added(row: dict[str, Any]) -> float:
+            """Microseconds 256 threads add to one cycle (the goal's measure, goals.py)."""
+            return float(row["ns"]["256"]["median"] - row["ns"]["1"]["median"]) / 1e3
+
+        lines.append(_line("scale: 256 threads add", threads, labels, added, "+{:.1f} us", False))
     if "unpooled" in ok:
         rows = ok["unpooled"]["rows"]
         if "connect-per-request" in rows and PGPOOL in rows:
@@ -171,6 +176,14 @@ def headline(scenarios: dict[str, Any]) -> Table:
                     f"{unpooled:,.0f} us = {unpooled / pooled:.0f}x pgpool's",
                 ]
             )
+    if "import" in ok:
+        res = ok["import"]
+        # The import scenario names its rows by module: pgpool against psycopg2.pool.
+        keys = {"pgpool": PGPOOL, "psycopg2": PSYCOPG2, "psycopg_pool": "psycopg_pool"}
+        keys["sqlalchemy"] = "sqlalchemy"
+        rows = {keys[k]: v for k, v in res["rows"].items() if k in keys}
+        labels = {keys[k]: v for k, v in res["labels"].items() if k in keys}
+        lines.append(_line("import", rows, labels, _med("ms"), "{:.1f} ms", False))
     cols = ["", "pgpool", "psycopg2", "ratio", "best other pool"]
     notes = [
         "medians from this run, Threaded pools; under each: half the interquartile range "
