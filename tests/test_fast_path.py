@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+from unittest import mock
 
 import psycopg2.extensions
+import psycopg2.extensions as ext
 import pytest
-from fakes import FakeClock, FakeServer
+from fakes import FakeClock, FakeConnection, FakeServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pgpool
-from pgpool.connection import session_defaults
+from pgpool import connection as conn_ops
+from pgpool.connection import is_reusable, session_defaults
 from pgpool.state import PoolState, Slot
 
 SIZE = 3
@@ -125,5 +128,42 @@ def test_one_session_attribute_changed_is_restored(dsn: str, attribute: str, val
         assert again is conn
         assert session_defaults(again) == defaults
         pool.putconn(again)
+    finally:
+        pool.closeall()
+
+
+class _TwoPhaseFake(FakeConnection):
+    """A fake whose two status readings are set by the test: libpq's (the transaction
+    status) and psycopg2's (`status`), which disagree after tpc_prepare()."""
+
+    status = ext.STATUS_READY
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    libpq=st.sampled_from([ext.TRANSACTION_STATUS_IDLE, ext.TRANSACTION_STATUS_INTRANS]),
+    psycopg2_status=st.sampled_from([ext.STATUS_READY, ext.STATUS_BEGIN, ext.STATUS_PREPARED]),
+)
+def test_the_return_fast_path_judges_clean_as_is_reusable_does(
+    libpq: int, psycopg2_status: int
+) -> None:
+    """putconn's fast path inlines connection.is_reusable: it skips cleaning exactly when
+    is_reusable says the connection is clean (both statuses idle), and never when only libpq
+    says so (a two-phase transaction after tpc_prepare)."""
+    server = FakeServer()
+    pool = pgpool.ThreadedConnectionPool(
+        1, 1, connector=lambda: _TwoPhaseFake(server), maintenance_interval=None
+    )
+    cleaned: list[Any] = []
+    try:
+        conn = pool.getconn()
+        conn._status, conn.status = libpq, psycopg2_status
+        expected_fast = is_reusable(conn)
+        with mock.patch.object(conn_ops, "clean", lambda c, *_: cleaned.append(c) or False):
+            pool.putconn(conn)
+        assert (not cleaned) == expected_fast
+        assert expected_fast == (
+            libpq == ext.TRANSACTION_STATUS_IDLE and psycopg2_status == ext.STATUS_READY
+        )
     finally:
         pool.closeall()
