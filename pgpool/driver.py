@@ -14,7 +14,8 @@ from __future__ import annotations
 
 try:
     import psycopg2  # noqa: F401  (imported for the error alone: the pool modules use it)
-except ModuleNotFoundError as error:
+except ModuleNotFoundError as error:  # pragma: no cover - run in a venv with no psycopg2
+    # (tests/test_packaging.py), where coverage does not record it
     if error.name != "psycopg2":
         raise  # psycopg2 is there but broken (one of its own modules is missing): as is
     raise ModuleNotFoundError(
