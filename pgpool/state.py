@@ -594,9 +594,10 @@ class PoolState:
         """Cleaning finished: keep the connection (idle, on top: just used) or drop it (its
         slot is freed), counting `why` it was dropped.
 
-        Returns whether it was kept: never when the pool was closed meanwhile, in which
-        case the caller, who holds the connection, closes it. Never either when maintenance
-        took the slot back (it stayed in `returning` past max_lease) and closes it itself.
+        Returns whether it was kept: never when the pool was closed meanwhile, or is still
+        over a maxconn that resize() lowered (`_retire`), in which cases the caller, who
+        holds the connection, closes it. Never either when maintenance took the slot back
+        (it stayed in `returning` past max_lease) and closes it itself.
         """
         return self._end_aside(slot, now, keep, why, used=True)
 
