@@ -209,6 +209,32 @@ def test_assume_role_is_the_role_of_every_checkout(django: Django, dsn: str) -> 
     assert seen["stats"]["connections_opened"] == 1
 
 
+def test_a_steady_request_makes_no_extra_round_trip(
+    django: Django, restartable_server: EmbeddedPostgres
+) -> None:
+    # Django without a pool sets the time zone and the role on every connection, that is
+    # every request; here the pool's configure did it once. The server logs every statement.
+    names = _databases(django.series)
+    _create(restartable_server.dsn, names)
+    project = Django(django.series, django.python,
+                     _environment(django.python, restartable_server.dsn, names))  # fmt: skip
+    _migrate(project)
+    role = "pgpool_django_steady"
+    restartable_server.execute(f"CREATE ROLE {role}")
+    restartable_server.execute("ALTER SYSTEM SET log_statement = 'all'")
+    restartable_server.execute("SELECT pg_reload_conf()")
+    seen = project.scenario("steady", pool={"min_size": 1, "max_size": 1}, role=role)
+    assert seen == {"pids": seen["pids"][:1], "users": [role], "zones": ["Europe/Paris"]}
+    assert restartable_server.log_file is not None
+    lines = [line for line in restartable_server.log_file.read_text().splitlines()
+             if "statement: " in line]  # fmt: skip
+    start = next(i for i, line in enumerate(lines) if "steady-start" in line)
+    end = next(i for i, line in enumerate(lines) if "steady-end" in line)
+    statements = lines[start + 1 : end]
+    assert len(statements) == 5, statements  # one SELECT per request: no SET, no ping
+    assert all("current_setting('TimeZone')" in s for s in statements), statements
+
+
 @pytest.mark.parametrize("atomic_requests", ["0", "1"])
 def test_a_view_raising_mid_transaction(django: Django, atomic_requests: str) -> None:
     seen = django.scenario("raising_view", pool={"max_size": 1}, atomic=atomic_requests)

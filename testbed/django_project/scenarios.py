@@ -128,6 +128,24 @@ def session_state() -> dict[str, Any]:
 
 
 @scenario
+def steady() -> dict[str, Any]:
+    """Requests on a warm connection, between two marker statements in the server's log."""
+    from django.db import connection
+
+    def mark(text: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT %s", [text])
+        connection.close()
+
+    session()  # the first checkout: the pool opens and sets up its connection
+    mark("steady-start")
+    seen = [session() for _ in range(5)]
+    mark("steady-end")
+    return {"pids": sorted({s["pid"] for s in seen}), "users": sorted({s["user"] for s in seen}),
+            "zones": sorted({s["time_zone"] for s in seen})}  # fmt: skip
+
+
+@scenario
 def raising_view() -> dict[str, Any]:
     """A view that raises mid-transaction: 500, nothing committed, the next request fine."""
     from shop.models import Counter
