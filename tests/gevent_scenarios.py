@@ -71,12 +71,15 @@ def timeout() -> None:
     """A greenlet waiting for the only connection gives up at its deadline, while the holder
     still runs its query: the wait yields to the hub instead of blocking it."""
     with pgpool.ThreadedConnectionPool(1, 1, DSN) as pool:
-        holding = gevent.event.Event()
+        holding, release = gevent.event.Event(), gevent.event.Event()
 
         def hold() -> None:
+            # Busy until told: a fixed pg_sleep(0.5) could end before the waiter's 0.1 s
+            # deadline was noticed on a loaded machine, and serve the waiter.
             with pool.connection() as conn:
                 holding.set()
-                query(conn, "SELECT pg_sleep(0.5)")
+                while not release.is_set():
+                    query(conn, "SELECT pg_sleep(0.02)")
 
         holder = gevent.spawn(hold)
         holding.wait()
@@ -88,6 +91,7 @@ def timeout() -> None:
             raised = type(error).__name__
         waited = time.monotonic() - start
         holder_busy = not holder.ready()
+        release.set()
         holder.get()
         report("timeout", raised=raised, waited=waited, holder_still_busy=holder_busy)
 

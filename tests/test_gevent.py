@@ -30,12 +30,12 @@ def seen(dsn: str) -> dict[str, dict[str, Any]]:
 
 
 def test_greenlets_share_the_connections_concurrently(seen: dict[str, dict[str, Any]]) -> None:
-    """40 greenlets x 50 ms on 4 connections: 4 queries in flight at once, no connection
-    beyond maxconn, and far less than the serial 2 s (0.52-0.59 s measured, ideal 0.5)."""
+    """40 greenlets x 50 ms on 4 connections: 4 queries in flight at once (counted: elapsed
+    time, 0.52-0.59 s against a serial 2 s on a quiet machine, proves nothing on a busy one)
+    and no connection beyond maxconn."""
     figures = seen["concurrency"]
-    assert figures["peak_in_flight"] == 4
+    assert figures["peak_in_flight"] == 4, figures
     assert figures["opened"] == 4
-    assert figures["elapsed"] < 0.75 * figures["serial"], figures
 
 
 def test_a_waiting_greenlet_times_out_while_the_holder_still_runs(
@@ -55,8 +55,8 @@ def test_maintenance_runs_as_a_greenlet_and_reaps(seen: dict[str, dict[str, Any]
 
 def test_the_watchdog_still_cuts_an_overrunning_query(seen: dict[str, dict[str, Any]]) -> None:
     figures = seen["watchdog"]
-    assert (figures["error"], figures["cut"]) == ("OperationalError", True)
-    assert figures["elapsed"] < 4, figures  # cut at 0.1 s, long before pg_sleep(5) ends
+    # Cut by the alarm (disarm() says it fired), so pg_sleep(5) failed instead of ending.
+    assert (figures["error"], figures["cut"]) == ("OperationalError", True), figures
     assert seen["watchdog_after"]["serves"] == 1  # the broken connection was replaced
 
 
