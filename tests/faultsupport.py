@@ -28,6 +28,9 @@ _names = itertools.count(1)
 
 # libpq rounds connect_timeout up to 2 s; 2 is the shortest that means what it says.
 CONNECT_TIMEOUT = 2
+# Seconds added to every "ends within" bound: a loaded machine is slow, not wrong. Such a
+# bound is a hang guard (the property is that it ends), never a performance figure.
+SLACK = 5.0
 
 
 def unique_app(prefix: str) -> str:

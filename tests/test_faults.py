@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 from faultsupport import (
     CONNECT_TIMEOUT,
+    SLACK,
     CountingConnector,
     backend_pid,
     connector_threads,
@@ -40,7 +41,6 @@ from testbed.embedded import EmbeddedPostgres, run_sql
 from testbed.proxy import TcpProxy
 
 MAX_CONNECTING = 2  # connects in flight at once (given explicitly where it matters)
-SLACK = 5.0  # seconds added to every "ends within" bound: a loaded machine is slow, not wrong
 
 
 @pytest.fixture
