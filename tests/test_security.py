@@ -108,8 +108,19 @@ def test_no_password_in_repr_stats_errors_logs_or_warnings(
     shown: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # A generous timeout: `other` waits for the connector's connect, which a loaded
+        # machine makes slow; the call meant to time out below has a short one of its own.
+        # No background maintenance: it would reclaim `conn` and `other` too, had the steps
+        # before their return taken longer than max_lease; maintain() below reclaims.
         pool = pgpool.ThreadedConnectionPool(
-            1, 2, *args, timeout=0.2, max_lease=0.3, reset=_failing_reset, **kwargs
+            1,
+            2,
+            *args,
+            timeout=10,
+            max_lease=0.3,
+            reset=_failing_reset,
+            maintenance_interval=None,
+            **kwargs,
         )
         conn = pool.getconn()
         assert scalar(conn, "SELECT current_user") == role  # the password did get through
@@ -117,7 +128,7 @@ def test_no_password_in_repr_stats_errors_logs_or_warnings(
         shown += [repr(pool), str(pool), repr(pool.stats()), str(pool.stats()), pool.name]
         for attempt in (
             lambda: pool.getconn(timeout=0),  # exhausted
-            lambda: pool.getconn(),  # timed out
+            lambda: pool.getconn(timeout=0.2),  # timed out
             lambda: pool.putconn(conn, key="wrong"),
             lambda: pool.putconn(object()),
         ):
