@@ -148,7 +148,7 @@ class CountingConnector:
             self.attempt_times.append(time.monotonic())
         self.started.set()
         try:
-            assert self.gate.wait(60), "a test left the connect gate closed"
+            assert self.gate.wait(20), "a test left the connect gate closed"
             conn = self._connect(*args, **kwargs)
         except BaseException:
             with self._lock:

@@ -33,6 +33,10 @@ from pgpool.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Every test that uses the quick run may be the one that runs it (a module-scoped fixture is
+# set up in the first test that asks for it, and pytest-timeout counts the setup): about a
+# minute on a quiet 2-CPU machine, a few on a loaded one.
+QUICK_RUN_TIMEOUT = pytest.mark.timeout(300)
 SCENARIOS = [
     "cycle", "contention", "churn", "spike", "scale", "unpooled", "fleet", "sizing", "import",
     "django",
@@ -60,6 +64,7 @@ def quick_run(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     return out, code, printed.getvalue(), secret
 
 
+@QUICK_RUN_TIMEOUT
 def test_quick_run_succeeds(quick_run: tuple[Path, int, str, str]) -> None:
     _out, code, printed, _secret = quick_run
     assert code == 0, printed
@@ -68,6 +73,7 @@ def test_quick_run_succeeds(quick_run: tuple[Path, int, str, str]) -> None:
     assert "MET" in printed or "MISSED" in printed  # the goals table is shown
 
 
+@QUICK_RUN_TIMEOUT
 def test_results_json(quick_run: tuple[Path, int, str, str]) -> None:
     out = quick_run[0]
     results: dict[str, Any] = json.loads((out / "results.json").read_text())
@@ -100,6 +106,7 @@ def test_results_json(quick_run: tuple[Path, int, str, str]) -> None:
     assert len(results["goals"]) >= 10
 
 
+@QUICK_RUN_TIMEOUT
 def test_sessions_counted_for_every_contender(quick_run: tuple[Path, int, str, str]) -> None:
     """Every pool's row carries its peak sessions; pgpool never exceeds maxconn, and
     psycopg2-pool, which does not count connections taken from its idle deque, is caught
@@ -129,6 +136,7 @@ def test_sessions_counted_for_every_contender(quick_run: tuple[Path, int, str, s
     assert "left out, over maxconn: psycopg2-pool TS" in goals
 
 
+@QUICK_RUN_TIMEOUT
 def test_printed_output_fits_100_columns_without_stale_progress(
     quick_run: tuple[Path, int, str, str],
 ) -> None:
@@ -140,6 +148,7 @@ def test_printed_output_fits_100_columns_without_stale_progress(
         assert re.search(rf"^{module.NAME} took \d+ s$", printed, re.MULTILINE), module.NAME
 
 
+@QUICK_RUN_TIMEOUT
 def test_every_result_table_fits_100_columns(quick_run: tuple[Path, int, str, str]) -> None:
     """Measured at their natural width, so no number is ever wrapped or cut to fit."""
     results: dict[str, Any] = json.loads((quick_run[0] / "results.json").read_text())
@@ -156,6 +165,7 @@ def test_every_result_table_fits_100_columns(quick_run: tuple[Path, int, str, st
         assert not re.search(r"±0(?![.,\d]| \(n=(?!1\)))", cells), cells
 
 
+@QUICK_RUN_TIMEOUT
 def test_durations_stated_are_the_measured_ones(quick_run: tuple[Path, int, str, str]) -> None:
     out, _code, printed, _secret = quick_run
     meta = json.loads((out / "results.json").read_text())["meta"]
@@ -167,6 +177,7 @@ def test_durations_stated_are_the_measured_ones(quick_run: tuple[Path, int, str,
     assert sum(parts.values()) <= meta["duration_s"] + 0.5
 
 
+@QUICK_RUN_TIMEOUT
 def test_markdown_report(quick_run: tuple[Path, int, str, str]) -> None:
     out = quick_run[0]
     report = (out / "report.md").read_text()
@@ -182,6 +193,7 @@ def test_markdown_report(quick_run: tuple[Path, int, str, str]) -> None:
         assert (out / image).is_file(), image
 
 
+@QUICK_RUN_TIMEOUT
 def test_plots(quick_run: tuple[Path, int, str, str]) -> None:
     plots = quick_run[0] / "plots"
     pngs = sorted(plots.glob("*.png"))
@@ -198,6 +210,7 @@ def test_plots(quick_run: tuple[Path, int, str, str]) -> None:
         assert root.tag.endswith("svg"), svg
 
 
+@QUICK_RUN_TIMEOUT
 def test_no_password_anywhere(quick_run: tuple[Path, int, str, str]) -> None:
     out, _code, printed, secret = quick_run
     assert secret not in printed

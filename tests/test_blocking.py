@@ -132,7 +132,7 @@ def test_pool_timeout_zero_applies_to_every_call(pools: Pools) -> None:
 
 
 def test_per_call_timeout_overrides_a_long_pool_timeout(pools: Pools) -> None:
-    pool = pools.threaded(0, 1, timeout=300)
+    pool = pools.threaded(0, 1, timeout=30)  # long: a call that ignored its own would hang
     held = pool.getconn(timeout=10)  # (a regression fails here, not after 300 s)
     with pytest.raises(pgpool.PoolTimeout, match=r"timeout 0\.05 s"):
         pool.getconn(timeout=0.05)
@@ -471,14 +471,17 @@ def test_waiter_times_out_with_the_last_connect_error(pools: Pools) -> None:
     connector = GatedConnector(fail_with=failure)
     pool = pools.threaded(0, 1, connector=connector, name="burning")
     with pytest.raises(pgpool.PoolTimeout) as raised:
-        pool.getconn(timeout=0.3)
+        # 2 s: the back-off (10 ms, doubling) retries several times in it, even on a loaded
+        # machine where the connector's first attempt comes late; 0.3 s did not always.
+        pool.getconn(timeout=2.0)
     message = str(raised.value)
     assert "timed out waiting for a connection: pool 'burning'" in message
     assert "the last connect failed: OperationalError: server is on fire" in message
     assert raised.value.__cause__ is failure
     s = pool.stats()
     assert s.connect_errors >= 2, "the connector retried during the wait"
-    assert (s.timeouts, s.waits, s.waiting, s.size) == (1, 1, 0, 0)
+    # Not `size`: it counts a retry the connector may be making at this very moment.
+    assert (s.timeouts, s.waits, s.waiting, s.idle, s.in_use) == (1, 1, 0, 0, 0)
     connector.fail_with = None  # the server is back: the next caller is served
     conn = pool.getconn(timeout=10)
     assert select_one(conn) == 1

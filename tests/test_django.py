@@ -27,6 +27,9 @@ from testbed.embedded import EmbeddedPostgres, run_sql
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ROOT / "testbed" / "django_project"
 SERIES = ["5.2", pytest.param("4.2", marks=pytest.mark.slow)]
+# The first test of each series builds its virtualenv (a module-scoped fixture, which
+# pytest-timeout counts in that test): longer than the suite's one-minute default.
+pytestmark = pytest.mark.timeout(300)
 
 
 @dataclass

@@ -22,7 +22,7 @@ SCRIPT = Path(__file__).with_name("gevent_scenarios.py")
 @pytest.fixture(scope="module")
 def seen(dsn: str) -> dict[str, dict[str, Any]]:
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), dsn], capture_output=True, text=True, timeout=120
+        [sys.executable, str(SCRIPT), dsn], capture_output=True, text=True, timeout=45
     )
     assert run.returncode == 0, run.stdout + run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
