@@ -11,8 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 series=${1:?usage: bash scripts/_venv_django.sh 4.2|5.2 [bench]}
 flavour=${2:-}
 venv=".venv-django-$series${flavour:+-$flavour}"
-more=()
-if [ "$flavour" = bench ]; then more=("django-db-connection-pool[psycopg2]"); fi
+more=("gevent>=24.2" "psycogreen>=1.0.2")  # the backend under gevent workers
+if [ "$flavour" = bench ]; then more+=("django-db-connection-pool[psycopg2]"); fi
 PYTHON=${PYTHON:-python3}
 if [ ! -x "$venv/bin/python" ]; then
     echo "== making $venv with $("$PYTHON" --version)"

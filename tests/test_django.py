@@ -314,6 +314,16 @@ def test_a_forked_child_gets_its_own_connections(django: Django) -> None:
     assert seen["code"] == 200
 
 
+def test_under_gevent_greenlets_share_max_size_connections(django: Django) -> None:
+    done = django.run("under_gevent.py", pool={"min_size": 1, "max_size": 4})
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["codes"] == [200]
+    # 20 requests of 50 ms in the server: the pool opens a connection only for a request
+    # that finds none idle, so all 4 mean that requests overlapped (a hub blocked by libpq
+    # would serve them one at a time, on 1 connection), and never a fifth.
+    assert seen["stats"]["connections_opened"] == 4, seen
+
+
 # -- manage.py test -------------------------------------------------------------------------
 
 

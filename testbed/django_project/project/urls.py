@@ -6,5 +6,6 @@ urlpatterns = [
     path("session/", views.session),
     path("dirty/", views.dirty),
     path("boom/", views.boom),
+    path("slow/", views.slow),
     path("note/", views.note),
 ]

@@ -53,6 +53,13 @@ def dirty(request):
     return session(request)
 
 
+def slow(request):
+    """50 ms in the server: concurrent requests overlap only if the pool lets them."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(0.05)")
+    return HttpResponse("slept")
+
+
 def boom(request):
     """Writes, then raises in the middle of its transaction."""
     with transaction.atomic():
