@@ -14,6 +14,11 @@ name. What it keeps of a pool is what still matters behind PgBouncer:
   its slot, and the background connector opens a new connection for the oldest waiter,
   as in a ThreadedConnectionPool.
 
+Since nothing ever comes back to serve a caller, one that finds room (and nobody queued
+ahead of it) connects in its own thread, up to `max_connecting` at once, rather than
+queueing for the connector: no hand-off between threads, and connects run side by side
+instead of one at a time on the connector's thread. psycopg_pool's null pool does the same.
+
 A connection the connector opened for a caller who gave up meanwhile is not wasted: the
 next caller takes it (or maintenance closes it after `max_idle`).
 """
@@ -31,6 +36,8 @@ class NullConnectionPool(ThreadedConnectionPool):
     """A ThreadedConnectionPool that closes every connection returned to it: no idle
     connections, for use behind PgBouncer. `minconn` must be 0; `maxconn`, `timeout`,
     `max_waiting` and the other options mean what they mean for ThreadedConnectionPool."""
+
+    _connects_inline = True  # see the module's docstring
 
     def __init__(self, minconn: int, maxconn: int, *args: Any, **kwargs: Any) -> None:
         _check_no_minconn(minconn)

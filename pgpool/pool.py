@@ -66,6 +66,12 @@ class AbstractConnectionPool(PoolMaintenance):
     options table (README, API reference) says what each means.
     """
 
+    # A caller that finds nothing idle in a pool with a connector queues for it, even with
+    # room to connect: a returned connection may serve it before any connect would.
+    # NullConnectionPool closes every returned connection, so its callers connect
+    # themselves while there is room (the connector still serves those that queue).
+    _connects_inline = False
+
     # For readers of the code: the constructor is `PoolBase.__init__` (base.py), as are
     # `minconn`, `maxconn`, `closed`, `name` and `stats()`; `maintain()` and `check()` are
     # `PoolMaintenance`'s (maintenance.py).
@@ -426,8 +432,11 @@ class AbstractConnectionPool(PoolMaintenance):
                     state.timed_out()
                     raise self._timeout_error(0.0, deadline - now)
             # With a connector, a caller that can wait queues, and is served by whichever
-            # comes first: a returned connection or the connector's new one.
-            elif state.connector is not None or not state.reserve_connect(now):
+            # comes first: a returned connection or the connector's new one. Where nothing
+            # ever comes back (NullConnectionPool), a caller with room connects itself.
+            elif (
+                state.connector is not None and not self._connects_inline
+            ) or not state.reserve_connect(now):
                 waiter = Waiter(key, now, deadline)
                 state.enqueue(waiter)  # may serve it at once, or raise TooManyWaiting
             if key is not None:

@@ -48,7 +48,7 @@ class ThreadedConnectionPool(AbstractConnectionPool):
             self._next_maintenance = self._clock()
         bell = Bell()
         self._state.use_connector(bell)
-        self._queue_at_once = self._options.timeout > 0
+        self._queue_at_once = self._options.timeout > 0 and not self._connects_inline
         self._connector = Connector(self, bell)
         self._connector.start()
 

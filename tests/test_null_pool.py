@@ -1,6 +1,7 @@
 """NullConnectionPool against a real server: no connection outlives its request, yet
 maxconn still bounds the process, callers queue first come first served with the pool's
-timeout, and the connector opens the connections the waiters get."""
+timeout, a caller that finds room connects in its own thread, and the connector opens the
+connections the waiters get."""
 
 from __future__ import annotations
 
@@ -92,9 +93,9 @@ def test_waiters_are_served_in_order_by_the_connector(pools: Pools) -> None:
     for task in tasks:
         task.result()
     assert served == [0, 1, 2]
-    # The first connection too: a caller of a Threaded pool that finds nothing idle queues
-    # for the connector, which opens each connection a waiter gets.
-    assert opened_by == [f"pgpool-connector-{pool.name}"] * 4
+    # The first caller found room and connected in its own thread; each waiter got a
+    # connection the connector opened once a return freed a slot.
+    assert opened_by == [threading.current_thread().name] + [f"pgpool-connector-{pool.name}"] * 3
     stats = pool.stats()
     assert (stats.size, stats.connections_opened, stats.connections_closed) == (0, 4, 4)
 
@@ -142,4 +143,22 @@ def test_misuse_is_still_refused(pools: Pools) -> None:
     pool.putconn(conn)
     with pytest.raises(pgpool.PoolError, match="not checked out from this pool"):
         pool.putconn(conn)  # returned twice: it is gone, not idle
+    assert pool.stats().size == 0
+
+
+def test_callers_with_room_connect_side_by_side_in_their_own_threads(pools: Pools) -> None:
+    started = threading.Barrier(2, timeout=10)
+    opened_by: set[str] = set()
+
+    def connect(*args: Any, **kwargs: Any) -> psycopg2.extensions.connection:
+        opened_by.add(threading.current_thread().name)
+        started.wait()  # both connects in flight at once: neither waits for the other
+        return psycopg2.connect(*args, **kwargs)
+
+    pool = _null(pools, 2, timeout=10, connector=connect)  # max_connecting 2 by default
+    tasks = [Task(pool.getconn, name=f"caller-{n}") for n in range(2)]
+    conns = [task.result() for task in tasks]
+    assert opened_by == {"caller-0", "caller-1"}
+    for conn in conns:
+        pool.putconn(conn)
     assert pool.stats().size == 0
