@@ -7,6 +7,7 @@ import itertools
 import sys
 import threading
 import time
+from unittest import mock
 
 import psycopg2
 import pytest
@@ -391,6 +392,44 @@ def test_a_waiter_interrupted_after_a_shrink_returns_its_connection_the_long_way
     assert not state.end_return(aside, now, keep=True)  # closed: the pool now fits
     assert (state.size, state.shrinking) == (1, False)
     state.check_invariants()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_getconn_interrupted_after_a_shrink_closes_what_it_was_handed(dsn: str) -> None:
+    """The same through the pool: the waiting caller is served, resize() lowers maxconn,
+    and an exception (a signal handler's, say) ends the caller's getconn before it returns.
+    The connection it was handed is cleaned and closed, not kept over maxconn."""
+    app = unique_app("shrink-interrupted")
+    pool = pgpool.ThreadedConnectionPool(
+        0, 2, pool_dsn(dsn, app), maintenance_interval=None, timeout=10
+    )
+    real_sleep = Waiter.sleep
+
+    def sleep_then_interrupt(waiter: Waiter, timeout: float | None) -> None:
+        real_sleep(waiter, timeout)
+        if waiter.slot is not None:  # served: now the shrink, then the interrupt
+            pool.resize(0, 1)
+            raise _Interrupted
+
+    try:
+        first, second = pool.getconn(), pool.getconn()
+        _thread, giving = in_thread(
+            lambda: wait_for(lambda: pool.stats().waiting == 1) or pool.putconn(first)
+        )
+        with mock.patch.object(Waiter, "sleep", sleep_then_interrupt), pytest.raises(_Interrupted):
+            pool.getconn()
+        assert giving.done.wait(10) and giving.error is None
+        assert first.closed
+        stats = pool.stats()
+        assert (stats.size, stats.in_use, stats.idle) == (1, 1, 0)
+        pool._state.check_invariants()
+        pool.putconn(second)
+        _sessions_match(pool, dsn, app)
+    finally:
+        pool.closeall()
 
 
 def test_a_grow_after_a_shrink_keeps_what_the_shrink_would_have_closed(dsn: str) -> None:
