@@ -11,7 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 series=${1:?usage: bash scripts/_venv_django.sh 4.2|5.2 [bench]}
 flavour=${2:-}
 venv=".venv-django-$series${flavour:+-$flavour}"
-more=("gevent>=24.2" "psycogreen>=1.0.2")  # the backend under gevent workers
+# gevent, psycogreen: the backend under gevent workers; coverage: PGPOOL_DJANGO_COVERAGE
+more=("gevent>=24.2" "psycogreen>=1.0.2" "coverage>=7.5")
 if [ "$flavour" = bench ]; then more+=("django-db-connection-pool[psycopg2]"); fi
 PYTHON=${PYTHON:-python3}
 if [ ! -x "$venv/bin/python" ]; then

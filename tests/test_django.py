@@ -50,8 +50,8 @@ class Django:
         if pool is not None:
             env["PGPOOL_DJANGO_POOL"] = json.dumps(pool)
         done = subprocess.run(
-            [str(self.python), *args], cwd=PROJECT, env=env, capture_output=True, text=True,
-            timeout=120,
+            [str(self.python), *_measured(args)], cwd=PROJECT, env=env, capture_output=True,
+            text=True, timeout=120,
         )  # fmt: skip
         if check and done.returncode != 0:
             pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -61,6 +61,21 @@ class Django:
         done = self.run("scenarios.py", name, **kwargs)
         result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
         return result
+
+
+# The backend runs only in these subprocesses, so the suite's coverage leaves it out
+# (pyproject.toml). PGPOOL_DJANGO_COVERAGE=DIR measures it there instead: each process
+# writes a data file into DIR; then `coverage combine DIR/.coverage.*; coverage report`.
+COVERAGE_DIR = os.environ.get("PGPOOL_DJANGO_COVERAGE")
+
+
+def _measured(args: tuple[str, ...]) -> list[str]:
+    if not COVERAGE_DIR or args[:1] == ("-c",):
+        return list(args)
+    data = str(Path(COVERAGE_DIR).resolve() / ".coverage")
+    source = str(ROOT / "pgpool" / "contrib" / "django")
+    return ["-m", "coverage", "run", "--parallel-mode", "--branch", f"--data-file={data}",
+            f"--source={source}", *args]  # fmt: skip
 
 
 def _databases(series: str) -> tuple[str, str]:
