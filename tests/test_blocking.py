@@ -307,7 +307,9 @@ def test_waiter_served_when_a_returned_connection_is_discarded(pools: Pools, how
         if how == "reset fails":
             raise RuntimeError("reset failed")
 
-    pool = pools.threaded(0, 1, max_lifetime=100, clock=clock, reset=reset)
+    # minconn 1: the first connection is there without waiting, for a wait on the FakeClock
+    # (which the test alone moves) would never end if the connector failed to serve it.
+    pool = pools.threaded(1, 1, max_lifetime=100, clock=clock, reset=reset)
     held = pool.getconn()
     waiter = Task(pool.getconn, None, 10, name="waiter")
     _waiting(pool, 1)
@@ -688,7 +690,7 @@ def test_an_orphan_waiter_is_dropped_not_handed_the_next_connection(pools: Pools
     first in line: the next free connection is handed to nobody, lost for good without
     max_lease. Maintenance drops a waiter still queued ORPHAN_GRACE after its deadline."""
     clock = FakeClock()
-    pool = pools.threaded(0, 1, clock=clock)
+    pool = pools.threaded(1, 1, clock=clock)  # minconn 1: no wait on the FakeClock for it
     held = pool.getconn()
     with pool._lock:  # what a caller's getconn leaves behind if its thread dies mid-wait
         pool._state.enqueue(Waiter(None, clock(), clock() + 1.0))
