@@ -182,6 +182,21 @@ def test_psycopg_pool_names_and_django_settings_map_to_pgpool_options(django: Dj
     assert (small["minconn"], small["maxconn"]) == (2, 2)
 
 
+def test_an_invalid_isolation_level_is_refused_in_djangos_words(django: Django) -> None:
+    seen = django.scenario("settings_errors", options=json.dumps({"isolation_level": 99}))
+    assert seen["error"] == "ImproperlyConfigured"
+    assert seen["message"].startswith("Invalid transaction isolation level 99 specified.")
+
+
+def test_a_configure_hook_by_dotted_path_runs_once_per_connection(django: Django) -> None:
+    pool = {"max_size": 1, "configure": "shop.hooks.name_the_session"}
+    seen = django.scenario("session_state", pool=pool)
+    assert seen["fresh"]["application_name"] == "configured-by-hook"
+    assert seen["after"]["application_name"] == "configured-by-hook"
+    assert seen["after"]["time_zone"] == "Europe/Paris"  # the backend's set-up ran too
+    assert seen["stats"]["connections_opened"] == 1
+
+
 def test_dotted_paths_and_pgpool_options_are_accepted(django: Django) -> None:
     pool = {"min_size": 1, "max_size": 2, "reset": "pgpool.discard_all", "max_lease": None,
             "health_check_after": 0, "max_connecting": 1, "timeout": 5}  # fmt: skip
@@ -270,6 +285,7 @@ def test_two_aliases_with_a_router_get_a_pool_each(django: Django) -> None:
                                  "other": django.env["PGPOOL_DJANGO_OTHER_DB"]}  # fmt: skip
     assert seen["default"]["name"] == "default"
     assert seen["other"]["name"] == "other"
+    assert seen["pool_names"] == {"default": "default", "other": "other"}  # .pgpool_pool
     assert seen["default"]["checkouts"] >= 5
     assert seen["other"]["checkouts"] >= 5
 

@@ -169,8 +169,9 @@ def two_aliases() -> dict[str, Any]:
             cursor.execute("SELECT current_database()")
             databases[alias] = cursor.fetchone()[0]
         connections[alias].close()
+    names = {alias: connections[alias].pgpool_pool.name for alias in ("default", "other")}
     return {"codes": codes, "databases": databases, "default": pool_stats("default"),
-            "other": pool_stats("other")}  # fmt: skip
+            "other": pool_stats("other"), "pool_names": names}  # fmt: skip
 
 
 @scenario

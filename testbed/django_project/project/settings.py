@@ -3,7 +3,8 @@
 tests/test_django.py sets ``PGPOOL_DJANGO_DSN`` (the suite's server), ``PGPOOL_DJANGO_DB``
 and ``PGPOOL_DJANGO_OTHER_DB`` (the two aliases' databases) and, per scenario,
 ``PGPOOL_DJANGO_POOL`` (``OPTIONS["pool"]`` as JSON), ``PGPOOL_DJANGO_ATOMIC``,
-``PGPOOL_DJANGO_CONN_MAX_AGE`` and ``PGPOOL_DJANGO_ROLE`` (``OPTIONS["assume_role"]``).
+``PGPOOL_DJANGO_CONN_MAX_AGE``, ``PGPOOL_DJANGO_ROLE`` (``OPTIONS["assume_role"]``) and
+``PGPOOL_DJANGO_OPTIONS`` (more of ``OPTIONS``, as JSON).
 The bench (benchmarks/django.py) also sets ``PGPOOL_DJANGO_ENGINE`` and
 ``PGPOOL_DJANGO_POOL_OPTIONS`` (django-db-connection-pool's ``POOL_OPTIONS``).
 """
@@ -28,7 +29,11 @@ def _database(name: str) -> dict:
         "PORT": _server.get("port", ""),
         "ATOMIC_REQUESTS": os.environ.get("PGPOOL_DJANGO_ATOMIC") == "1",
         "CONN_MAX_AGE": json.loads(os.environ.get("PGPOOL_DJANGO_CONN_MAX_AGE", "0")),
-        "OPTIONS": {"pool": _pool, **({"assume_role": _role} if _role else {})},
+        "OPTIONS": {
+            "pool": _pool,
+            **({"assume_role": _role} if _role else {}),
+            **json.loads(os.environ.get("PGPOOL_DJANGO_OPTIONS", "{}")),
+        },
         "POOL_OPTIONS": json.loads(os.environ.get("PGPOOL_DJANGO_POOL_OPTIONS", "{}")),
     }
 

@@ -25,9 +25,9 @@ def session(request):
         cursor.execute(
             "SELECT current_setting('TimeZone'), current_setting('transaction_isolation'),"
             " current_setting('transaction_read_only'), pg_backend_pid(), current_database(),"
-            " current_user"
+            " current_user, current_setting('application_name')"
         )
-        zone, isolation, read_only, pid, database, user = cursor.fetchone()
+        zone, isolation, read_only, pid, database, user, name = cursor.fetchone()
     return HttpResponse(
         json.dumps(
             {
@@ -37,6 +37,7 @@ def session(request):
                 "pid": pid,
                 "database": database,
                 "user": user,
+                "application_name": name,
             }
         ),
         content_type="application/json",
