@@ -124,6 +124,9 @@ def test_open_while_the_server_is_down_connects_when_it_returns(
     pool = pgpool.ThreadedConnectionPool(2, 3, dsn, open=False, maintenance_interval=0.1)
     try:
         pool.open(wait=False)  # returns at once; the connector keeps trying with back-off
+        # A connect has failed before the wait (on a loaded machine the connector's first
+        # attempt may come after a short wait's deadline, with no error yet to name).
+        wait_for(lambda: pool.stats().connect_errors >= 1, what="a failed connect")
         with pytest.raises(pgpool.PoolTimeout, match=r"0 of minconn 2 ready.*connect failed"):
             pool.wait(timeout=0.5)
         server.start()
