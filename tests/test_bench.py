@@ -101,8 +101,13 @@ def test_results_json(quick_run: tuple[Path, int, str, str]) -> None:
     one_cpu = [g for g in results["goals"] if "one CPU" in g["goal"]]
     assert [g["measured"].split(";")[0] for g in one_cpu] == ["not run: CPUs not controlled"]
     assert "across CPUs" in one_cpu[0]["measured"]  # the wake-up was measured all the same
-    verdicts = {g["verdict"] for g in results["goals"] if g not in one_cpu}
-    assert verdicts <= {"MET", "MISSED"}
+    # The contention goal compares pgpool with the best pool that served in order; on a
+    # loaded machine none may have (fairness < 0.9 in a 0.2 s quick run), and the goal is
+    # NOT RUN, saying so. Seen with two CPU burners beside the suite; nothing else may be.
+    no_peer = "no other pool served in order within maxconn"
+    not_judged = [g for g in results["goals"] if g not in one_cpu and g["verdict"] == "NOT RUN"]
+    assert all(g["measured"] == no_peer for g in not_judged), not_judged
+    assert {g["verdict"] for g in results["goals"]} <= {"MET", "MISSED", "NOT RUN"}
     assert len(results["goals"]) >= 10
 
 
