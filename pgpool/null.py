@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from .options import _size
+from .options import _size, describe
 from .threaded import ThreadedConnectionPool
 
 
@@ -60,5 +60,5 @@ def _check_no_minconn(minconn: object) -> None:
     if _size("minconn", minconn, minimum=0) != 0:
         raise ValueError(
             f"minconn must be 0 for a NullConnectionPool, which keeps no idle connection, "
-            f"got {minconn!r}"
+            f"got {describe(minconn)}"
         )

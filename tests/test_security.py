@@ -193,7 +193,11 @@ def _argument_errors(value: Any) -> Iterator[tuple[str, Callable[[], object]]]:
     """Every entry point that validates its arguments, each given `value` where it does not
     belong: (what was called, the call)."""
     server = FakeServer()
-    for cls in (pgpool.ThreadedConnectionPool, pgpool.SimpleConnectionPool):
+    for cls in (
+        pgpool.ThreadedConnectionPool,
+        pgpool.SimpleConnectionPool,
+        pgpool.NullConnectionPool,
+    ):
         yield f"{cls.__name__}(value, 10)", lambda cls=cls: cls(value, 10, "dbname=x")
         yield f"{cls.__name__}(1, value)", lambda cls=cls: cls(1, value, "dbname=x")
     for option in pgpool.PoolOptions._fields:
@@ -240,7 +244,7 @@ def test_the_pools_own_argument_errors_never_print_a_connection_string(value: An
             pytest.fail(f"{what} was accepted")
         _assert_clean(_text_of(error.value), SECRET)
         refused.append(what)
-    assert len(refused) >= 25, refused  # every entry point above was tried
+    assert len(refused) >= 27, refused  # every entry point above was tried
 
 
 def _failing_reset(conn: Any) -> None:
