@@ -153,7 +153,7 @@ def test_barging_pool_serves_a_starving_waiter(dsn: str, module: ModuleType) -> 
         mine = pool.getconn()
         waiter = Task(served_then_return)
         wait_until(lambda: pool.waiting == 1, "the second caller to queue")
-        give_up = time.monotonic() + 3.0
+        give_up = time.monotonic() + DEADLINE  # served after `patience`; this ends a failure
         with switch_interval(1.0):  # the barging thread keeps the GIL until it sleeps
             while not waiter.done and time.monotonic() < give_up:
                 pool.putconn(mine)
