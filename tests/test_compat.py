@@ -299,7 +299,9 @@ def test_server_down_a_waiting_caller_gets_pool_timeout_caused_by_the_error(
     Threaded pgpool caller that can wait gets PoolTimeout at its deadline, caused by that
     error; one with timeout=0, and a Simple pool's, get the driver's error at once."""
     theirs = pools.add(psycopg2.pool.ThreadedConnectionPool(0, 2, DOWN))
-    ours = pools.threaded(0, 2, DOWN, timeout=0.2)
+    # 1 s: the caller's wait starts the connector, whose first connect must fail within it
+    # for the PoolTimeout to carry the driver's error; on a loaded machine 0.2 s was short.
+    ours = pools.threaded(0, 2, DOWN, timeout=1.0)
     simple = pools.simple(0, 2, DOWN)
     assert _outcome(theirs) == ("OperationalError", None)
     assert _outcome(ours) == ("PoolTimeout", "OperationalError")
@@ -324,7 +326,9 @@ def test_server_down_the_handler_written_for_psycopg2_pool_still_fires(pools: Po
     connected itself. So does TooManyWaiting, for a caller refused while the queue is full
     of callers waiting for a server that is down. Both still are PoolErrors."""
     theirs = pools.add(psycopg2.pool.ThreadedConnectionPool(0, 2, DOWN))
-    ours = pools.threaded(0, 2, DOWN, timeout=0.2)
+    # 1 s: the caller's wait starts the connector, whose first connect must fail within it
+    # for the PoolTimeout to carry the driver's error; on a loaded machine 0.2 s was short.
+    ours = pools.threaded(0, 2, DOWN, timeout=1.0)
     assert _database_is_down(theirs) == "503 database unavailable"
     assert _database_is_down(ours) == "503 database unavailable"
     with pytest.raises(pgpool.PoolTimeout) as waited:
