@@ -228,7 +228,9 @@ def test_an_outage_is_a_few_log_lines_not_one_per_attempt(
             return psycopg2.connect("host=127.0.0.1 port=1 connect_timeout=2")
         return psycopg2.connect(*args, **kwargs)
 
-    with pgpool.ThreadedConnectionPool(0, 1, dsn, connector=connect, timeout=0.5) as pool:
+    # 2 s: the wait starts the connector, whose first refused connect must come within it
+    # for the timeout to name it (0.5 s was short on a loaded machine).
+    with pgpool.ThreadedConnectionPool(0, 1, dsn, connector=connect, timeout=2.0) as pool:
         with pytest.raises(pgpool.PoolTimeout, match="Connection refused"):
             pool.getconn()
         # Counted, not timed: the outage lasts until the back-off has retried a few times
