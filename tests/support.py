@@ -145,7 +145,8 @@ class Pools:
     pgpool pools default to `maintenance_interval=None` here: no background thread, so a
     test that wants maintenance calls `pool.maintain()` itself. Threaded pools default to
     `timeout=DEADLINE`, not 30 s: a regression that leaves a caller waiting (the connector
-    never told to connect, say) fails the test that waits, by name, within seconds.
+    never told to connect, say) fails the test that waits, by name, within seconds (on a
+    FakeClock, `timeout=0`: see `threaded`).
     """
 
     def __init__(self, dsn: str) -> None:
@@ -157,7 +158,10 @@ class Pools:
         self, minconn: int = 0, maxconn: int = 2, *args: Any, **kwargs: Any
     ) -> pgpool.ThreadedConnectionPool:
         kwargs.setdefault("maintenance_interval", None)
-        kwargs.setdefault("timeout", DEADLINE)
+        # On a test's own clock (a FakeClock) a wait would never end, since only the test
+        # moves it: there the default is timeout 0, so callers connect inline, as
+        # psycopg2.pool's do, and never wait for the connector.
+        kwargs.setdefault("timeout", 0 if "clock" in kwargs else DEADLINE)
         pool = pgpool.ThreadedConnectionPool(minconn, maxconn, *(args or (self.dsn,)), **kwargs)
         self._pools.append(pool)
         return pool

@@ -257,8 +257,8 @@ def test_check_is_not_a_use(dsn: str) -> None:
     keeps its last use and its place in the idle stack, and is reaped on time."""
     clock = FakeClock()
     pool = pgpool.ThreadedConnectionPool(
-        0, 4, dsn, clock=clock, max_idle=1.0, maintenance_interval=None
-    )
+        0, 4, dsn, clock=clock, max_idle=1.0, maintenance_interval=None, timeout=0
+    )  # timeout 0: a wait on the FakeClock would never end
     try:
         conns = [pool.getconn() for _ in range(4)]
         for conn in conns:
@@ -278,7 +278,9 @@ def test_check_is_not_a_use(dsn: str) -> None:
 
 def test_resize_shrinks_at_once_and_as_connections_come_back(dsn: str) -> None:
     app = unique_app("resize")
-    pool = pgpool.ThreadedConnectionPool(1, 5, pool_dsn(dsn, app), maintenance_interval=None)
+    pool = pgpool.ThreadedConnectionPool(
+        1, 5, pool_dsn(dsn, app), maintenance_interval=None, timeout=10
+    )
     try:
         held = [pool.getconn() for _ in range(4)]
         pool.putconn(held.pop())  # 3 checked out, 1 idle
@@ -557,7 +559,7 @@ def test_health_check_after_zero_pings_every_checkout(dsn: str) -> None:
     handed out, however recently it was used."""
     app = unique_app("preping")
     pool = pgpool.ThreadedConnectionPool(
-        1, 1, pool_dsn(dsn, app), health_check_after=0, maintenance_interval=None
+        1, 1, pool_dsn(dsn, app), health_check_after=0, maintenance_interval=None, timeout=10
     )
     try:
         conn = pool.getconn()
