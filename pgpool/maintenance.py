@@ -104,12 +104,15 @@ class PoolMaintenance(PoolBase):
         for slot in slots:
             if slot.stopper is not None:
                 try:
-                    sent.append(slot.stopper.send_cancel())
+                    delivered = slot.stopper.send_cancel()
                 except RuntimeError:  # no thread to be had: cut and close all the same
                     logger.debug("pool %r: could not send a cancel", self.name, exc_info=True)
+                    continue
+                if delivered is not None:
+                    sent.append(delivered)
         deadline = time.monotonic() + cancel_timeout  # the network's time, not the pool's clock
-        for delivered in sent:
-            delivered.wait(max(0.0, deadline - time.monotonic()))
+        for event in sent:
+            event.wait(max(0.0, deadline - time.monotonic()))
         for slot in slots:
             if slot.stopper is not None:
                 slot.stopper.cut()

@@ -84,9 +84,12 @@ class Stopper:
         with contextlib.suppress(IndexError):
             self._sock.pop().close()  # close, never shutdown: in a forked child, see base.py
 
-    def send_cancel(self) -> threading.Event:
+    def send_cancel(self) -> threading.Event | None:
         """Ask the server to cancel whatever runs on the connection; the returned event is
-        set once the request has been delivered. Harmless on an idle backend.
+        set once the request has been delivered. Harmless on an idle backend. None when
+        there is no request to send (released already, or libpq gave none): then there is
+        nothing to wait for, and a caller that waited on an event never set would wait out
+        its whole timeout for nothing.
 
         A cancel request travels on a short connection of its own, so it works while
         another thread waits in a query. psycopg2's `cancel()` would do, but it keeps the
@@ -95,6 +98,8 @@ class Stopper:
         GIL, on a helper thread that nobody joins (libpq's cancel has no time limit of its
         own): wait on the event for as long as you can afford.
         """
+        if not self._cancel:
+            return None
         delivered = threading.Event()
         threading.Thread(
             target=self._send, args=(delivered,), name="pgpool-cancel", daemon=True
@@ -103,7 +108,8 @@ class Stopper:
 
     def cancel(self, timeout: float) -> bool:
         """`send_cancel()`, then wait at most `timeout` seconds: was it delivered in time?"""
-        return self.send_cancel().wait(timeout)
+        delivered = self.send_cancel()
+        return delivered is not None and delivered.wait(timeout)
 
     def _send(self, delivered: threading.Event) -> None:
         cancel = None
@@ -115,7 +121,7 @@ class Stopper:
             if _libpq().PQcancel(cancel, errbuf, len(errbuf)):
                 delivered.set()
         except IndexError:
-            pass  # released already (or a fake connection): nothing to send
+            pass  # released since send_cancel() looked: nothing to send
         finally:
             if cancel is not None:
                 self._give_back(self._cancel, cancel)
