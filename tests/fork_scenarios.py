@@ -111,9 +111,19 @@ def _run_and_report(body: Callable[[], Any], write_end: int) -> None:
     try:
         payload = {"ok": True, "result": body()}
     except BaseException:
-        payload = {"ok": False, "error": traceback.format_exc()}
+        # With every thread's stack: a child whose getconn timed out is waiting on its
+        # connector, and the connector's stack says where it is stuck.
+        payload = {"ok": False, "error": traceback.format_exc(), "threads": _stacks()}
     os.write(write_end, json.dumps(payload).encode())
     os.close(write_end)
+
+
+def _stacks() -> dict[str, str]:
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return {
+        names.get(ident, str(ident)): "".join(traceback.format_stack(frame))
+        for ident, frame in sys._current_frames().items()
+    }
 
 
 def _socket_of(fd: int) -> str:
