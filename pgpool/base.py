@@ -314,7 +314,7 @@ class PoolBase:
                 slots.append(self._open_slot())
         except BaseException:
             for slot in slots:
-                conn_ops.close_quietly(slot.conn, slot.stopper)
+                conn_ops.discard(slot)
             raise
         self._state.opened_initial(slots)
 
@@ -345,7 +345,7 @@ class PoolBase:
         if failures:
             logger.info("pool %r: connected again after %d failed connect(s)", self.name, failures)
         if not self._record(state.connected_idle, slot, NOW, reservation):
-            conn_ops.close_quietly(slot.conn, slot.stopper)  # the pool was closed meanwhile
+            conn_ops.discard(slot)  # the pool was closed meanwhile
             return False
         return True
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import select
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import psycopg2
@@ -21,6 +21,9 @@ import psycopg2.extensions as ext
 from . import watchdog
 from .log import logger
 from .stopper import Stopper
+
+if TYPE_CHECKING:
+    from .state import Slot
 
 # The session attributes psycopg2 exposes and the pool restores on every return. They are
 # local to the connection object (psycopg2 sends them with each BEGIN), so checking and
@@ -177,6 +180,12 @@ def close_quietly(conn: Any, stopper: Stopper | None = None) -> None:
     finally:
         if stopper is not None:
             stopper.release()
+
+
+def discard(slot: Slot) -> None:
+    """Close a pooled connection for good: the connection, then what its slot kept to stop
+    it (lock not held). Every connection the pool had a slot for leaves this way."""
+    close_quietly(slot.conn, slot.stopper)
 
 
 def passwords_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:

@@ -52,7 +52,7 @@ class PoolMaintenance(PoolBase):
                 self.name, len(plan.close), len(plan.close) - plan.expired, plan.expired,
             )  # fmt: skip
         for slot in plan.close:
-            conn_ops.close_quietly(slot.conn, slot.stopper)
+            conn_ops.discard(slot)
         for slot in plan.reclaimed:
             self._reclaim(slot, now)
         self._refill()  # after the reclaims: their slots are free only once they are closed
@@ -116,7 +116,7 @@ class PoolMaintenance(PoolBase):
         for slot in slots:
             if slot.stopper is not None:
                 slot.stopper.cut()
-            conn_ops.close_quietly(slot.conn, slot.stopper)
+            conn_ops.discard(slot)
 
     def _log_reclaim(self, slot: Slot, now: float) -> None:
         stack = "(not recorded)\n"
@@ -174,7 +174,7 @@ class PoolMaintenance(PoolBase):
             alive = conn_ops.ping(slot.conn, PING_TIMEOUT)
         finally:
             if not self._record(self._state.end_check, slot, NOW, alive):
-                conn_ops.close_quietly(slot.conn, slot.stopper)
+                conn_ops.discard(slot)
         return alive
 
     def _maintain_inline(self, now: float) -> None:

@@ -290,7 +290,7 @@ class AbstractConnectionPool(PoolMaintenance):
             error = PoolClosed(f"pool {self.name!r} was closed")
             slots = self._state.close(error, in_use and not draining)
         for slot in slots:
-            conn_ops.close_quietly(slot.conn, slot.stopper)
+            conn_ops.discard(slot)
         if draining:
             while self._clock() < deadline and self.stats().in_use:
                 time.sleep(DRAIN_POLL)  # returns close their connections as they come back
@@ -372,7 +372,7 @@ class AbstractConnectionPool(PoolMaintenance):
             self._options = options
             slots = self._state.resize(options, self._clock())
         for slot in slots:
-            conn_ops.close_quietly(slot.conn, slot.stopper)
+            conn_ops.discard(slot)
         logger.debug(
             "pool %r resized to (%d, %d), closing %d idle", self.name, minconn, maxconn, len(slots)
         )
@@ -505,7 +505,7 @@ class AbstractConnectionPool(PoolMaintenance):
             self._connect_failed(error)
             raise  # the driver's own error, unchanged
         if not self._record(state.connected, slot, key, NOW):
-            conn_ops.close_quietly(slot.conn, slot.stopper)  # the pool was closed meanwhile
+            conn_ops.discard(slot)  # the pool was closed meanwhile
             raise self._closed_error()
         return slot
 
@@ -527,7 +527,7 @@ class AbstractConnectionPool(PoolMaintenance):
         self._record(state.drop_leased, slot, now, "expired" if expired else "failed check")
         why = "expired" if expired else "failed its health check"
         logger.info("pool %r: dropping a connection that %s", self.name, why)
-        conn_ops.close_quietly(slot.conn, slot.stopper)
+        conn_ops.discard(slot)
         if interrupted is not None:
             raise interrupted
         return False
@@ -551,6 +551,6 @@ class AbstractConnectionPool(PoolMaintenance):
             logger.debug("pool %r: closing a returned connection: %s", self.name, why)
         keep = self._record(state.end_return, slot, NOW, keep, why)
         if not keep:
-            conn_ops.close_quietly(conn, slot.stopper)
+            conn_ops.discard(slot)
         if interrupted is not None:
             raise interrupted
