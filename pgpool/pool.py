@@ -103,7 +103,7 @@ class AbstractConnectionPool(PoolMaintenance):
                     # (tests/test_fast_path.py checks that both do the same).
                     slot = idle.pop()
                     slot.leased_at = now
-                    state.leased[id(slot.conn)] = slot
+                    state.leased[slot.ident] = slot
                     state.checkouts += 1
                     # Used moments ago (idle since last_used) and not expired: handed out
                     # from here, without a health check. _vet_or_retry sees to the others.
@@ -195,8 +195,9 @@ class AbstractConnectionPool(PoolMaintenance):
         """
         state = self._state
         served = None
+        ident = id(conn)
         with self._lock:
-            slot = state.leased.get(id(conn))
+            slot = state.leased.get(ident)
             if slot is None or slot.conn is not conn or state.closed:
                 slot = self._put_stranger(conn, key)
                 if slot is None:
@@ -216,10 +217,13 @@ class AbstractConnectionPool(PoolMaintenance):
                 and self._reset is None
                 # The session attributes as they were at connect (connection.SESSION_ATTRIBUTES),
                 # one at a time: no tuple built, and the first difference ends the test.
-                and conn.autocommit == (defaults := slot.defaults)[0]
+                # psycopg2 returns True, False or None for three of them, so `is` decides as
+                # `==` would, without a rich comparison; a connection class that returned
+                # something else would only take the long way, where clean() compares with !=.
+                and conn.autocommit is (defaults := slot.defaults)[0]
                 and conn.isolation_level == defaults[1]
-                and conn.readonly == defaults[2]
-                and conn.deferrable == defaults[3]
+                and conn.readonly is defaults[2]
+                and conn.deferrable is defaults[3]
             ):
                 now = self._clock()
                 # Shrinking after resize(): the long way, where end_return decides.
@@ -227,7 +231,7 @@ class AbstractConnectionPool(PoolMaintenance):
                     if slot.key is None and not state.waiters:
                         # PoolState.give_back(slot, now), inlined for the common case
                         # (tests/test_fast_path.py checks that both do the same).
-                        del state.leased[id(conn)]
+                        del state.leased[ident]
                         slot.last_used = now
                         state.idle.append(slot)
                         return None

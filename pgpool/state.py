@@ -69,7 +69,7 @@ class Slot:
     """
 
     __slots__ = (
-        "conn", "created_at", "defaults", "encoding", "expires_at", "key", "last_used",
+        "conn", "created_at", "defaults", "encoding", "expires_at", "ident", "key", "last_used",
         "lease_stack", "leased_at", "reclaiming", "returning_since", "stopper",
     )  # fmt: skip
 
@@ -84,6 +84,7 @@ class Slot:
         stopper: Stopper | None = None,
     ) -> None:
         self.conn = conn
+        self.ident = id(conn)  # its key in PoolState.leased, computed once, not per checkout
         self.created_at = created_at
         self.expires_at = expires_at  # created_at + jittered max_lifetime
         # (autocommit, isolation_level, readonly, deferrable) at connect
@@ -195,7 +196,7 @@ class PoolState:
     def __init__(self, options: PoolOptions, *, closed: bool = False) -> None:
         self.options = options
         self.idle: list[Slot] = []
-        self.leased: dict[int, Slot] = {}  # id(conn) -> slot, checked out by a caller
+        self.leased: dict[int, Slot] = {}  # id(conn) (slot.ident) -> slot, checked out by a caller
         self.keys: dict[Hashable, Slot] = {}  # psycopg2-style key -> leased slot
         self.pending_keys: set[Hashable] = set()  # keys whose caller waits or connects
         self.returning: dict[int, Slot] = {}  # id(conn) -> slot, being cleaned on return
@@ -288,7 +289,7 @@ class PoolState:
         slot.leased_at = now
         slot.key = key
         slot.lease_stack = None
-        self.leased[id(slot.conn)] = slot
+        self.leased[slot.ident] = slot
         if key is not None:
             self.keys[key] = slot
         self.checkouts += 1
@@ -306,7 +307,7 @@ class PoolState:
             return slot
         # lease(slot, None, now), inlined: this is the hottest line of the whole pool.
         slot.leased_at = now
-        self.leased[id(slot.conn)] = slot
+        self.leased[slot.ident] = slot
         self.checkouts += 1
         return slot
 
@@ -549,7 +550,7 @@ class PoolState:
         return f"pool {name!r}: trying to put a connection that is not checked out from this pool"
 
     def unlease(self, slot: Slot) -> None:
-        del self.leased[id(slot.conn)]
+        del self.leased[slot.ident]
         if slot.key is not None:
             del self.keys[slot.key]
             slot.key = None
@@ -567,7 +568,7 @@ class PoolState:
         if slot.key is not None:
             self.unlease(slot)
         else:
-            del self.leased[id(slot.conn)]  # unlease(slot), inlined for the common case
+            del self.leased[slot.ident]  # unlease(slot), inlined for the common case
         slot.last_used = now
         if self.waiters:
             return self._hand_over(slot, now)
