@@ -89,6 +89,9 @@ class PoolBase:
     """
 
     _default_timeout = 30.0
+    # Whether a connection that becomes free with nobody waiting goes on the idle stack
+    # (False: it is closed; NullConnectionPool, null.py). Read into PoolState.keeps_idle.
+    _keeps_idle = True
 
     def __init__(
         self,
@@ -195,7 +198,7 @@ class PoolBase:
         # open=False: created, not opened (no connection, no thread) until open() is called.
         # Until then the pool is closed to callers, with an error that says to open it.
         self._opened = open
-        self._state = PoolState(self._options, closed=not open)
+        self._state = PoolState(self._options, closed=not open, keeps_idle=self._keeps_idle)
         # Connections taken back after max_lease (maintenance.py's maintain adds them):
         # returning one later is harmless, not misuse (pool.py's _put_stranger reads it).
         self._reclaimed: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -345,7 +348,9 @@ class PoolBase:
         if failures:
             logger.info("pool %r: connected again after %d failed connect(s)", self.name, failures)
         if not self._record(state.connected_idle, slot, NOW, reservation):
-            conn_ops.discard(slot)  # the pool was closed meanwhile
+            # The pool was closed or shrunk meanwhile, or keeps nothing idle and the
+            # waiter this was for has gone.
+            conn_ops.discard(slot)
             return False
         return True
 
@@ -436,7 +441,7 @@ class PoolBase:
                     slot.stopper.release()
         finally:
             os.close(devnull)
-        self._state = PoolState(self._options, closed=old.closed)
+        self._state = PoolState(self._options, closed=old.closed, keeps_idle=self._keeps_idle)
         self._reclaimed = weakref.WeakSet()
         if self._options.maintenance_interval is not None:
             self._next_maintenance = 0.0

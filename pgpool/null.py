@@ -19,8 +19,9 @@ ahead of it) connects in its own thread, up to `max_connecting` at once, rather 
 queueing for the connector: no hand-off between threads, and connects run side by side
 instead of one at a time on the connector's thread. psycopg_pool's null pool does the same.
 
-A connection the connector opened for a caller who gave up meanwhile is not wasted: the
-next caller takes it (or maintenance closes it after `max_idle`).
+A connection the connector opened for a caller who gave up meanwhile goes to the next
+caller in the queue if there is one; with nobody waiting it is closed at once (and counted
+in `connections_closed`), rather than kept idle until `max_idle`: a null pool keeps nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class NullConnectionPool(ThreadedConnectionPool):
     `max_waiting` and the other options mean what they mean for ThreadedConnectionPool."""
 
     _connects_inline = True  # see the module's docstring
+    _keeps_idle = False  # a connection nobody waits for is closed, never kept idle
 
     def __init__(self, minconn: int, maxconn: int, *args: Any, **kwargs: Any) -> None:
         _check_no_minconn(minconn)

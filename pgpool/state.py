@@ -177,6 +177,8 @@ class PoolState:
       pinged, or just opened by the connector or a refill), is closed instead (`_retire`).
       A connection leased when resize() was called, or being opened for a caller then,
       stays with its caller until returned.
+    * A pool without `keeps_idle` (NullConnectionPool) has nothing idle: a connection
+      that becomes free goes to the oldest waiter, or is closed (`_retire`).
     * A connection is in exactly one of `idle`, `leased`, `returning`; `keys` maps a key to a
       slot in `leased`, and each leased slot with a key is found under that key.
     * If anyone waits, nothing is idle: `dispatch` hands an idle connection to the first
@@ -188,13 +190,20 @@ class PoolState:
     __slots__ = (
         "broken_returns", "checkouts", "closed", "connect_errors", "connect_failures",
         "connecting", "connections_closed", "connections_opened", "connector", "expired",
-        "failed_checks", "failing_since", "idle", "idle_reaped", "keys", "last_connect_error",
-        "leased", "leases_reclaimed", "next_connect_at", "options", "pending_keys",
-        "returning", "shrinking", "timeouts", "wait_time", "waiters", "waits",
+        "failed_checks", "failing_since", "idle", "idle_reaped", "keeps_idle", "keys",
+        "last_connect_error", "leased", "leases_reclaimed", "next_connect_at", "options",
+        "pending_keys", "returning", "shrinking", "timeouts", "wait_time", "waiters", "waits",
     )  # fmt: skip
 
-    def __init__(self, options: PoolOptions, *, closed: bool = False) -> None:
+    def __init__(
+        self, options: PoolOptions, *, closed: bool = False, keeps_idle: bool = True
+    ) -> None:
         self.options = options
+        # False for a NullConnectionPool: a connection that becomes free with nobody waiting
+        # for it is closed (`_retire`), not kept idle. Its returns are all closed anyway;
+        # this catches the rest, such as a connection the connector opened for a waiter
+        # that gave up while it connected.
+        self.keeps_idle = keeps_idle
         self.idle: list[Slot] = []
         self.leased: dict[int, Slot] = {}  # id(conn) (slot.ident) -> slot, checked out by a caller
         self.keys: dict[Hashable, Slot] = {}  # psycopg2-style key -> leased slot
@@ -355,11 +364,12 @@ class PoolState:
     def connected_idle(self, slot: Slot, now: float, reservation: Reservation) -> bool:
         """A connect by the connector or a refill succeeded: the connection goes to the
         oldest waiter, or onto the idle stack. False if the pool was closed or shrunk
-        meanwhile: the caller closes the connection."""
+        meanwhile, or keeps nothing idle and its waiter gave up: the caller closes the
+        connection."""
         reservation.left -= 1
         if not self._connect_succeeded():
             return False
-        if self._retire():  # a connect begun before resize() shrank the pool
+        if self._retire():  # begun before resize() shrank the pool, or for nobody now
             self.connections_closed += 1
             return False
         self.idle.append(slot)
@@ -446,9 +456,10 @@ class PoolState:
         """A waiter leaves by an exception: undo whatever `dispatch` had given it.
 
         Returns a connection it was handed that must be returned the long way (the pool is
-        `shrinking`: see `give_back`); the caller finishes that return after the lock."""
+        `shrinking`, or keeps nothing idle and nobody else waits: see `give_back` and
+        `_retire`); the caller finishes that return after the lock."""
         if waiter.slot is not None:
-            if self.shrinking:
+            if self.shrinking or not (self.keeps_idle or self.waiters):
                 self.begin_return(waiter.slot, now)
                 return waiter.slot
             served = self.give_back(waiter.slot, now)
@@ -651,12 +662,14 @@ class PoolState:
     def _retire(self) -> bool:
         """Close the connection now becoming free (already out of the count) instead of
         keeping it? Yes while the pool is `shrinking` and still has maxconn without it;
-        the pool fits again once that is no longer so, and stops shrinking."""
-        if not self.shrinking:
-            return False
-        maxconn = self.options.maxconn
-        self.shrinking = self.size > maxconn
-        return self.size >= maxconn
+        the pool fits again once that is no longer so, and stops shrinking. Yes also in a
+        pool that keeps nothing idle (`keeps_idle`), unless someone waits for it."""
+        if self.shrinking:
+            maxconn = self.options.maxconn
+            self.shrinking = self.size > maxconn
+            if self.size >= maxconn:
+                return True
+        return not self.keeps_idle and not self.waiters
 
     def _count_discard(self, why: Discard) -> None:
         if why == "expired":
@@ -806,6 +819,7 @@ class PoolState:
         assert not (self.shrinking and self.idle), "an idle connection while shrinking"
         assert self.connecting >= 0
         assert not (self.waiters and self.idle), "a waiter starves next to an idle connection"
+        assert self.keeps_idle or not self.idle, "an idle connection in a pool that keeps none"
         conns = [id(s.conn) for s in self.idle] + list(self.leased) + list(self.returning)
         assert len(conns) == len(set(conns)), "a connection is in two places"
         for key, slot in self.keys.items():

@@ -15,6 +15,7 @@ import pytest
 from support import Pools, Task, backend_count, pools_fixture, unique_app_name, wait_until
 
 import pgpool
+from pgpool.state import PoolState, Slot, Waiter
 
 
 @pytest.fixture
@@ -162,3 +163,53 @@ def test_callers_with_room_connect_side_by_side_in_their_own_threads(pools: Pool
     for conn in conns:
         pool.putconn(conn)
     assert pool.stats().size == 0
+
+
+def test_a_connection_opened_for_a_waiter_that_left_is_closed(pools: Pools, dsn: str) -> None:
+    # The connector opens a connection for a waiter, slowly; the waiter times out meanwhile.
+    # A null pool keeps nothing idle: with nobody else waiting, the connection is closed at
+    # once (and counted), not left idle until max_idle.
+    app = unique_app_name()
+    gate = threading.Event()
+
+    def connect(*args: Any, **kwargs: Any) -> psycopg2.extensions.connection:
+        if threading.current_thread().name.startswith("pgpool-connector-"):
+            assert gate.wait(10), "the test never opened the gate"
+        return psycopg2.connect(*args, **kwargs)
+
+    pool = _null(pools, 1, dsn, application_name=app, connector=connect)
+    held = pool.getconn()  # the caller finds room and connects itself, at once
+    # The pool is full: it queues for the connector (its timeout only has to outlast the
+    # next two steps, and is then waited out).
+    waiter = Task(lambda: pool.getconn(timeout=2.0))
+    wait_until(lambda: pool.stats().waiting == 1, "the caller to queue")
+    pool.putconn(held)  # frees the slot: the connector starts a connect, held at the gate
+    wait_until(lambda: pool.stats().connecting == 1, "the connector to start its connect")
+    assert isinstance(waiter.error(), pgpool.PoolTimeout)
+    gate.set()
+    wait_until(lambda: pool.stats().connections_closed == 2, "the unneeded connection to close")
+    stats = pool.stats()
+    assert (stats.size, stats.idle, stats.connections_opened) == (0, 0, 2)
+    wait_until(lambda: backend_count(dsn, app) == 0, "its server session to end")
+
+
+def test_a_waiter_interrupted_after_being_served_leaves_nothing_idle() -> None:
+    """A waiter handed a connection, then interrupted before getconn returned (a signal
+    handler raised): with nobody else waiting, a null pool closes what it gives back
+    instead of keeping it idle. Pure bookkeeping: the interrupt cannot be timed against a
+    real server, and the connections are stand-ins."""
+    state = PoolState(pgpool.PoolOptions(minconn=0, maxconn=1), keeps_idle=False)
+    now = 1000.0
+    assert state.reserve_connect(now, can_wait=False)
+    slot = Slot(object(), now, 9999.0, (), "UTF8", last_used=now)
+    assert state.connected(slot, None, now)
+    waiter = Waiter(None, now, now + 10)
+    state.enqueue(waiter)
+    state.begin_return(slot, now)
+    assert state.end_return(slot, now, keep=True)  # someone waits: it goes to the waiter
+    assert waiter.slot is slot and not state.idle
+    aside = state.abandon(waiter, now)
+    assert aside is slot and not state.idle  # parked in `returning`, to be closed
+    assert not state.end_return(aside, now, keep=True)  # nobody waits: closed, not idle
+    assert (state.size, state.connections_closed) == (0, 1)
+    state.check_invariants()
