@@ -162,7 +162,9 @@ class PoolBase:
                 it sets become the defaults restored on return (SQL `SET`s it runs are
                 committed, but a `reset` like `DISCARD ALL` wipes them: put those in the
                 DSN's `options=-c ...`)
-            name: shown in `repr`, logs and errors (none: `pgpool-N`)
+            name: shown in `repr`, logs and errors (none: `pgpool-N`); one that looks like
+                a connection string (an `=`, or a `postgres://` URI) is refused, so a DSN
+                passed here by mistake never shows its password
             clock: injectable, for tests
             connector: what opens a connection (called with your `*args, **kwargs`); one
                 that returns no psycopg2 connection gets a `TypeError` at the first connect

@@ -88,7 +88,20 @@ def check_options(options: PoolOptions) -> PoolOptions:
             raise TypeError(f"{callback} must be callable, got {type(value).__name__}")
     if not isinstance(options.name, str):
         raise TypeError(f"name must be a str, got {type(options.name).__name__}")
+    if _looks_like_dsn(options.name):
+        # A DSN passed as `name=` by mistake would be printed in every repr, log line and
+        # error, password and all: refused, and not quoted here either.
+        raise ValueError(
+            "name must not look like a connection string (no '=', no postgres:// URI): it "
+            "is shown in repr, logs and errors; pass the DSN as the pool's connection "
+            f"argument instead, got {describe(options.name)}"
+        )
     return options._replace(minconn=minconn, maxconn=maxconn)
+
+
+def _looks_like_dsn(name: str) -> bool:
+    """True for libpq's two spellings of a connection string: `key=value` pairs, or a URI."""
+    return "=" in name or name.strip().lower().startswith(("postgres://", "postgresql://"))
 
 
 def _size(option: str, value: object, *, minimum: int) -> int:

@@ -393,3 +393,32 @@ def test_a_connector_that_is_not_psycopg2_gets_a_clear_type_error(dsn: str) -> N
     assert (stats.size, stats.connect_errors) == (0, 1)  # the slot is free again
     assert opened and all(conn.closed for conn in opened)  # nothing left open
     pool.closeall()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "host=db.example user=app password=hunter2",
+        "password=hunter2",
+        "postgresql://app:hunter2@db.example/app",
+        " POSTGRES://app:hunter2@db.example/app",
+    ],
+    ids=["keyvalue", "one-pair", "postgresql-uri", "postgres-uri"],
+)
+def test_a_name_that_looks_like_a_connection_string_is_refused_unquoted(name: str) -> None:
+    """A DSN passed as `name=` would be shown in every repr, log line and error: refused at
+    construction, by the option's name, without the value (it may hold a password)."""
+    for cls in (pgpool.ThreadedConnectionPool, pgpool.SimpleConnectionPool):
+        with pytest.raises(ValueError, match=r"^name must not look like a connection string") as e:
+            cls(0, 2, connector=FakeServer().connect, name=name)
+        assert "hunter2" not in str(e.value) and "db.example" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["orders", "worker-1", "orders db", "api:reads", "pgpool/x"])
+def test_an_ordinary_name_is_kept(name: str) -> None:
+    pool = _new_pool(FakeServer(), name=name)
+    try:
+        assert pool.name == name and repr(name) in repr(pool)
+        _still_works(pool)
+    finally:
+        pool.closeall()

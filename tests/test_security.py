@@ -201,7 +201,7 @@ def _argument_errors(value: Any) -> Iterator[tuple[str, Callable[[], object]]]:
         yield f"{cls.__name__}(value, 10)", lambda cls=cls: cls(value, 10, "dbname=x")
         yield f"{cls.__name__}(1, value)", lambda cls=cls: cls(1, value, "dbname=x")
     for option in pgpool.PoolOptions._fields:
-        if option not in ("minconn", "maxconn", "name"):  # a name is any str
+        if option not in ("minconn", "maxconn"):
             kwargs = {"connector": server.connect, option: value}
             yield (
                 f"{option}=value",
@@ -244,7 +244,7 @@ def test_the_pools_own_argument_errors_never_print_a_connection_string(value: An
             pytest.fail(f"{what} was accepted")
         _assert_clean(_text_of(error.value), SECRET)
         refused.append(what)
-    assert len(refused) >= 27, refused  # every entry point above was tried
+    assert len(refused) >= 28, refused  # every entry point above was tried
 
 
 def _failing_reset(conn: Any) -> None:
