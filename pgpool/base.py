@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import random
 import threading
 import time
 import weakref
@@ -51,6 +50,8 @@ PING_TIMEOUT = 5.0
 PING_TIMEOUT_MIN = 1.0
 
 _pool_numbers = itertools.count(1)
+
+
 # Every pool of the process, for metrics: weak references, so that listing a pool does not
 # keep it alive. A pool registers itself as its constructor ends, in whichever thread made
 # it, while a scrape may be reading the list in another: both take this lock. The references
@@ -58,6 +59,19 @@ _pool_numbers = itertools.count(1)
 # thread, which no lock of ours can hold off, and a copy running then raises "Set changed size
 # during iteration". Dead references are dropped instead when the list has doubled since the
 # last sweep, so registering stays O(1) on average.
+def jitter(low: float) -> float:
+    """A random factor between `low` and 1, for expiries and back-offs: connections opened
+    together are not all replaced, nor retried, at the same moment.
+
+    Drawn here, outside the pool's lock, and passed to PoolState, whose transitions stay
+    deterministic. `random` is imported on the first call: it costs `import pgpool` about
+    0.5 ms (benchmarks/imports.py), and a pool needs it only once it connects.
+    """
+    import random  # after the first call, a look-up in sys.modules
+
+    return random.uniform(low, 1.0)
+
+
 _live_pools: list[weakref.ref[PoolBase]] = []
 _live_pools_lock = threading.Lock()
 _sweep_at = 64  # sweep dead references when the list reaches this length
@@ -306,7 +320,7 @@ class PoolBase:
             conn_ops.close_quietly(conn)
             raise
         now = self._clock()
-        lifetime = options.max_lifetime * random.uniform(LIFETIME_JITTER, 1.0)
+        lifetime = options.max_lifetime * jitter(LIFETIME_JITTER)
         return Slot(
             conn, now, now + lifetime, defaults, conn.encoding, last_used=now, stopper=stopper
         )
@@ -360,7 +374,7 @@ class PoolBase:
         """Record a failed connect (the back-off starts or grows). Once connects have been
         failing for `reconnect_timeout`, say so, and call `reconnect_failed(pool)`: here,
         outside the lock, in whichever thread connected (the connector, or a caller)."""
-        if not self._record(self._state.connect_failed, error, NOW, reservation):
+        if not self._record(self._state.connect_failed, error, NOW, jitter(0.5), reservation):
             return
         options = self._options
         logger.warning(

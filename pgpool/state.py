@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import random
 from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Literal
@@ -388,9 +387,15 @@ class PoolState:
         return True
 
     def connect_failed(
-        self, error: BaseException, now: float, reservation: Reservation | None = None
+        self,
+        error: BaseException,
+        now: float,
+        jitter: float,
+        reservation: Reservation | None = None,
     ) -> bool:
-        """A reserved connect failed: free its slot and back off before the next attempt.
+        """A reserved connect failed: free its slot and back off before the next attempt,
+        for the back-off's delay times `jitter` (drawn by the caller between 0.5 and 1, so
+        that pools that lost the server together do not retry together).
 
         A refill reserves several slots and stops at the first failure: it frees every slot
         left in its `reservation` at once.
@@ -411,7 +416,7 @@ class PoolState:
         # after ~1,025 failures in a row (half an hour of outage), here under the lock.
         doublings = min(self.connect_failures - 1, BACKOFF_MAX_DOUBLINGS)
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**doublings)
-        self.next_connect_at = now + delay * random.uniform(0.5, 1.0)
+        self.next_connect_at = now + delay * jitter
         if self.connector is not None:
             self.connector.ring()  # it decides when to try again, for the waiters
         else:

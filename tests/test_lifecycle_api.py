@@ -210,7 +210,7 @@ def test_a_failing_streak_is_reported_once_per_reconnect_timeout() -> None:
 
     def fail(now: float) -> bool:
         assert state.reserve_connect(now, can_wait=False)  # as a caller's connect starts
-        return state.connect_failed(psycopg2.OperationalError("refused"), now)
+        return state.connect_failed(psycopg2.OperationalError("refused"), now, 1.0)
 
     def every_second(start: float, end: float) -> list[float]:
         """When the retries ran, and which failures were reported."""
@@ -230,7 +230,7 @@ def test_a_failing_streak_is_reported_once_per_reconnect_timeout() -> None:
     assert every_second(3616, 3619) == []
     assert state.reserve_connect(3620.0, can_wait=False)
     state.close(pgpool.PoolClosed("closed"))
-    assert not state.connect_failed(psycopg2.OperationalError("refused"), 3620.0)
+    assert not state.connect_failed(psycopg2.OperationalError("refused"), 3620.0, 1.0)
 
 
 def test_check_drops_dead_idle_connections_and_refills(dsn: str) -> None:

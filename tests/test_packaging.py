@@ -178,6 +178,7 @@ HEAVY = {
     "logging": "log.py imports it when the pool first logs",
     "traceback": "imported by logging, and by pool.py for max_lease's stacks",
     "tokenize": "imported by traceback, through linecache",
+    "random": "base.jitter imports it for the first connection's expiry",
 }
 
 

@@ -46,7 +46,7 @@ def test_backoff_survives_thousands_of_failures_in_a_row() -> None:
     now = 0.0
     for _ in range(1_100):  # 2 ** 1024 overflows a float: the 1,025th failure raised
         state.connecting += 1  # as reserve_connect would
-        state.connect_failed(psycopg2.OperationalError("refused"), now)
+        state.connect_failed(psycopg2.OperationalError("refused"), now, 0.5)
         assert now < state.next_connect_at <= now + BACKOFF_CAP
         now = state.next_connect_at
     assert state.connect_failures == 1_100 and state.connecting == 0
