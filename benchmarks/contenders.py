@@ -426,6 +426,60 @@ def _build_raw_psycopg3(cfg: PoolConfig) -> Handle:
     return Handle(repeat(conn).__next__, _noop, conn.close, counter)
 
 
+class _LockFloor:
+    """The least a lock-based pool does: one connection in a list behind a threading.Lock.
+
+    Two ways to hold the lock, the two a pool's checkout and return are written with:
+    ``with lock:`` (pgpool, psycopg_pool, SQLAlchemy's queue) or ``lock.acquire()`` then
+    ``try: ... finally: lock.release()`` (psycopg2.pool). Measured side by side they show
+    what the idiom alone costs, so that each pool's own bookkeeping can be compared with
+    its own idiom's floor (the cycle scenario's goal).
+
+    Why pgpool keeps ``with``: a signal handler that raises (Ctrl-C, a task queue's soft
+    time limit) runs between two bytecodes. After ``acquire()`` returns and before the
+    ``try`` begins, it leaves the lock held for good, and every later call hangs; the
+    ``with`` statement has no such gap. `benchmarks/lock_idiom.py` measures both.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._lock = threading.Lock()
+        self._idle = [conn]
+
+    def get_with(self) -> Any:
+        with self._lock:
+            return self._idle.pop()
+
+    def put_with(self, conn: Any) -> None:
+        with self._lock:
+            self._idle.append(conn)
+
+    def get_try(self) -> Any:
+        self._lock.acquire()
+        try:
+            return self._idle.pop()
+        finally:
+            self._lock.release()
+
+    def put_try(self, conn: Any) -> None:
+        self._lock.acquire()
+        try:
+            self._idle.append(conn)
+        finally:
+            self._lock.release()
+
+
+def _build_lock_floor(idiom: str) -> Callable[[PoolConfig], Handle]:
+    def build(cfg: PoolConfig) -> Handle:
+        counter = Counter()
+        conn = psycopg2.connect(cfg.dsn, connection_factory=counting_factory(counter))
+        floor = _LockFloor(conn)
+        if idiom == "with":
+            return Handle(floor.get_with, floor.put_with, conn.close, counter)
+        return Handle(floor.get_try, floor.put_try, conn.close, counter)
+
+    return build
+
+
 def _build_connect_per_request(cfg: PoolConfig) -> Handle:
     counter = Counter()
     factory = counting_factory(counter)
@@ -545,6 +599,24 @@ CONTENDERS: list[Contender] = [
         _build_raw_psycopg3,
         requires="psycopg",
         note="psycopg_pool's floor: one psycopg 3 connection reused",
+    ),
+    Contender(
+        "lock-with",
+        "Lock + list, with",
+        False,
+        True,
+        "psycopg2",
+        _build_lock_floor("with"),
+        note="pgpool's lock floor: one connection in a list behind `with lock:`",
+    ),
+    Contender(
+        "lock-try",
+        "Lock + list, acquire/try",
+        False,
+        True,
+        "psycopg2",
+        _build_lock_floor("try"),
+        note="psycopg2.pool's lock floor: the same list behind acquire(), try, finally release()",
     ),
     Contender(
         "connect-per-request",

@@ -226,43 +226,66 @@ def test_spike_skipped_is_not_run() -> None:
 # -- cycle ------------------------------------------------------------------------------
 
 
-def cycle_row(us: float, paired: float, overhead: float | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {"us": s(us), "vs_baseline": paired}
-    if overhead is not None:
-        row.update(overhead_us=overhead, floor="raw-psycopg2")
-    return row
+def cycle_row(us: float, paired: float, **extra: Any) -> dict[str, Any]:
+    return {"us": s(us), "vs_baseline": paired, **extra}
 
 
-def cycle_goals(noop_paired: float, pgpool_overhead: float) -> list[Goal]:
+def cycle_goals(above_lock_paired: float | None, select1_above_lock: float) -> list[Goal]:
+    """pgpool 1.00 us, psycopg2 0.80 us; their lock floors 0.30 us (`with`) and 0.20 us
+    (acquire/try), so 0.70 us of bookkeeping against 0.60 us; with SELECT 1, psycopg2's
+    time above its lock floor is 3.0 us."""
+    lock = {} if above_lock_paired is None else {"above_lock_vs_baseline": above_lock_paired}
+    floors = above_lock_paired is not None
     res = {
-        "labels": LABELS,
+        "labels": {**LABELS, "lock-with": "Lock + list, with", "lock-try": "Lock + list, try"},
         "variants": {
-            "noop": {"rows": {PG: cycle_row(1.0, noop_paired), P2: cycle_row(0.8, 1.0)}},
+            "noop": {
+                "rows": {
+                    PG: cycle_row(1.0, 1.25, lock_floor="lock-with", above_lock_us=0.7, **lock),
+                    P2: cycle_row(0.8, 1.0, lock_floor="lock-try", above_lock_us=0.6),
+                    **({"lock-with": cycle_row(0.3, 0.38), "lock-try": cycle_row(0.2, 0.25)}
+                       if floors else {}),
+                }
+            },
             "select1": {
                 "rows": {
-                    PG: cycle_row(21.0, 1.05, pgpool_overhead),
-                    P2: cycle_row(20.0, 1.0, 3.0),
-                    "raw-psycopg2": cycle_row(17.0, 0.85),
+                    PG: cycle_row(21.0, 1.05, above_lock_us=select1_above_lock,
+                                  overhead_us=3.5, floor="raw-psycopg2"),
+                    P2: cycle_row(20.0, 1.0, above_lock_us=3.0, overhead_us=3.0,
+                                  floor="raw-psycopg2"),
                 }
             },
         },
-    }
+    }  # fmt: skip
     return [g for g in evaluate({"cycle": res}) if g.scenario == "cycle"]
 
 
-def test_cycle_no_query_within_115x_psycopg2_on_paired_ratios() -> None:
+def test_cycle_no_query_judges_bookkeeping_above_each_lock_floor() -> None:
+    """Like with like: pgpool above a list behind `with`, psycopg2 above one behind
+    acquire/try; the whole times and both floors are in the text."""
     noop, _ = cycle_goals(1.15, 3.0)
     assert noop.met is True
-    # The two medians give 1.25x: the text names both figures for what they are.
-    assert noop.measured == "1.00 us vs 0.80 us: paired ratio 1.15x (ratio of the medians 1.25x)"
+    assert noop.measured == (
+        "+0.70 us vs +0.60 us: paired ratio 1.15x; in all 1.00 us vs 0.80 us, paired 1.25x "
+        "(floors: Lock + list, with 0.30 us, Lock + list, try 0.20 us)"
+    )
     assert "paired" in noop.goal and "no query" in noop.goal and "1.15x" in noop.goal
+    assert "`with lock:`" in noop.goal and "acquire/try" in noop.goal
     assert cycle_goals(1.16, 3.0)[0].met is False
 
 
-def test_cycle_with_a_query_is_judged_above_the_floor() -> None:
+def test_cycle_without_lock_floors_is_not_judged() -> None:
+    noop, select1 = cycle_goals(None, 3.0)
+    assert noop.met is None and noop.measured.startswith("lock floors not measured")
+    assert select1.met is True  # its figures are in the rows themselves
+
+
+def test_cycle_with_a_query_is_judged_above_the_lock_floors() -> None:
     _, select1 = cycle_goals(1.0, 3.4)
-    assert select1.met is True and "floor" in select1.goal
-    assert select1.measured == "+3.40 us vs +3.00 us = 1.13x (floor 17.0 us)"
+    assert select1.met is True and "lock floor" in select1.goal
+    assert select1.measured == (
+        "+3.40 us vs +3.00 us = 1.13x; above one raw connection +3.50 us vs +3.00 us"
+    )
     assert cycle_goals(1.0, 3.5)[1].met is False
 
 
