@@ -83,7 +83,7 @@ class Worker(threading.Thread):
         self.committed: set[int] = set()
         self.unknown: set[int] = set()
         self.rolled_back: set[int] = set()
-        self.forgotten = 0  # connections kept past max_lease
+        self.forgotten = 0  # connections kept past max_lease (the pool must reclaim them)
 
     def run(self) -> None:
         seq = 0
@@ -96,6 +96,7 @@ class Worker(threading.Thread):
         pool = chaos.pool
         try:
             conn = pool.getconn(timeout=CHECKOUT_TIMEOUT)
+            leased_at = time.monotonic()
         except BaseException as error:
             chaos.saw(error)
             self.rolled_back.add(seq)
@@ -105,7 +106,7 @@ class Worker(threading.Thread):
         if dirty is not None:
             chaos.violation(f"a borrower was handed a connection that is {dirty}")
         roll = self.rng.random()
-        commit_attempted = False
+        commit_attempted = forgetting = False
         try:
             with conn.cursor() as cur:
                 cur.execute("INSERT INTO chaos (worker, seq) VALUES (%s, %s)", (self.number, seq))
@@ -125,12 +126,16 @@ class Worker(threading.Thread):
                     # the pool reclaims it (cutting the query) and refills, and the late
                     # putconn below is harmless. Its slot must stay counted until closed.
                     self.rolled_back.add(seq)
-                    self.forgotten += 1
+                    forgetting = True
                     cur.execute("SELECT pg_sleep(%s)", (MAX_LEASE * 3,))
         except BaseException as error:
             chaos.saw(error)
             (self.unknown if commit_attempted else self.rolled_back).add(seq)
         finally:
+            # Kept past max_lease: the pool should have reclaimed it. A fault that ended the
+            # query sooner left nothing to reclaim, so that one is not counted.
+            if forgetting and time.monotonic() - leased_at >= MAX_LEASE:
+                self.forgotten += 1
             try:
                 pool.putconn(conn)
             except BaseException as error:
