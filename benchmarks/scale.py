@@ -66,7 +66,7 @@ class StubCursor:
         pass
 
 
-_pair: tuple[socket.socket, socket.socket] | None = None
+_pair: tuple[int, int] | None = None  # the descriptors of a socketpair
 
 
 def _quiet_fd() -> int:
@@ -81,8 +81,11 @@ def _quiet_fd() -> int:
     """
     global _pair
     if _pair is None:
-        _pair = socket.socketpair()  # both ends stay open for the life of the process
-    return _pair[0].fileno()
+        # Both ends stay open for the life of the process, as bare descriptors: a socket
+        # object still open at exit is reported as an unclosed-socket ResourceWarning.
+        ours, theirs = socket.socketpair()
+        _pair = (ours.detach(), theirs.detach())
+    return _pair[0]
 
 
 class StubConnection:
