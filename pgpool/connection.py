@@ -132,6 +132,8 @@ def ping(conn: Any, timeout: float) -> bool:
     `SELECT 1` in autocommit, so psycopg2 sends no BEGIN (one round trip, not three). A
     server that does not answer within `timeout` seconds counts as dead: the watchdog cuts
     the socket, which is the only way to stop a synchronous query on a silent network.
+    A ping that cannot be given that deadline (no descriptor left for the watchdog's
+    duplicate: EMFILE) is not sent, and the connection counts as dead too.
     """
     if conn.closed:
         return False
@@ -140,7 +142,16 @@ def ping(conn: Any, timeout: float) -> bool:
     try:
         # Armed inside the try: an exception arriving right after would otherwise leave it
         # armed, to cut this socket later while someone else may be using the connection.
-        alarm = watchdog.arm(conn, timeout)
+        try:
+            alarm = watchdog.arm(conn, timeout)
+        except OSError as error:
+            # Unbounded, a ping of a silent server could block for minutes, far past the
+            # caller's deadline; an OSError out of getconn would leave the caller nothing
+            # to do. Failing the check keeps both promises: the pool closes the connection
+            # (which gives back its descriptor and its stopper's), and a checkout goes on
+            # with another one within its deadline.
+            logger.warning("cannot bound a health check, so it fails: %s", error)
+            return False
         if not autocommit:
             conn.autocommit = True
         with conn.cursor() as cursor:

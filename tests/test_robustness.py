@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import inspect
 import os
@@ -414,6 +415,59 @@ def test_an_interrupted_health_check_leaves_no_duplicate_descriptor(
         wait_for(closed, timeout=5, what="the alarm's duplicate closed")
     finally:
         conn.close()
+
+
+class _NoDescriptorsLeft:
+    """Stands in for the `os` module as the watchdog sees it: every `dup` fails as it does
+    in a process out of descriptors (EMFILE), which a real server cannot make happen on
+    cue. Only the watchdog's: the pool's own connects still work."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def dup(fd: int) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+
+def test_a_health_check_that_cannot_arm_its_deadline_fails_the_connection_not_getconn(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no descriptor left, arming a health check's deadline (a duplicate of the
+    socket) raised OSError out of getconn, and out of check(). Unbounded, a ping of a
+    silent server could block far past the caller's deadline; so the connection counts as
+    failed: it is closed (which gives two descriptors back), and the checkout goes on
+    within its deadline, here with a new connection (handed over fresh: no check). The
+    pool stays usable."""
+    from pgpool import watchdog
+
+    app = unique_app("emfile")
+    clock = FakeClock()
+    pool = pgpool.ThreadedConnectionPool(
+        2, 2, pool_dsn(dsn, app), clock=clock, maintenance_interval=None, timeout=5
+    )
+    try:
+        idle = [pool.getconn(), pool.getconn()]
+        for conn in idle:
+            pool.putconn(conn)
+        clock.advance(pool._options.health_check_after + 1)  # idle long enough to be pinged
+        monkeypatch.setattr(watchdog, "os", _NoDescriptorsLeft())
+        conn = pool.getconn()  # each idle one fails its check; a new one is opened
+        assert conn not in idle and scalar(conn, "SELECT 1") == 1
+        stats = pool.stats()
+        assert (stats.failed_checks, stats.connections_closed, stats.in_use) == (2, 2, 1)
+        pool.putconn(conn)
+        assert pool.check() == 1  # maintenance's check (pings every idle one): the same
+        monkeypatch.undo()
+        pool.check()  # refills to minconn
+        conns = [pool.getconn(), pool.getconn()]  # usable again, its slots all there
+        assert [scalar(c, "SELECT 1") for c in conns] == [1, 1]
+        for conn in conns:
+            pool.putconn(conn)
+        with pool._lock:
+            pool._state.check_invariants()
+    finally:
+        pool.closeall()
 
 
 class FakeLibpq:
