@@ -19,21 +19,25 @@ acquires the lock and enters its block in one step, with no such point between t
 
 This script shows it: one thread signals the main thread every few microseconds while
 the main thread takes and releases a lock in a loop with each idiom; after each
-interrupt it looks whether the lock was left held. Run it with::
+interrupt it looks whether the lock was left held. With ``--dsn`` it then does the same
+around psycopg2.pool's and pgpool's own getconn and putconn. Run it with::
 
-    .venv/bin/python -m benchmarks.lock_idiom [SECONDS]
+    .venv/bin/python -m benchmarks.lock_idiom [SECONDS] [--dsn DSN]
 
 Main thread only (Python runs signal handlers there); POSIX only (SIGUSR1).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -62,10 +66,10 @@ IDIOMS: dict[str, Callable[[threading.Lock], None]] = {
 }
 
 
-def left_held(idiom: str, seconds: float) -> tuple[int, int]:
-    """(interrupts, times the lock was left held) over `seconds` of signals."""
-    loop = IDIOMS[idiom]
-    lock = threading.Lock()
+@contextmanager
+def _signals() -> Iterator[threading.Event]:
+    """While inside: a thread sends this process SIGUSR1 every ~20 us, and the handler
+    raises `_Interrupt` in the main thread whenever the event it yields is set."""
     armed = threading.Event()
     done = threading.Event()
 
@@ -82,33 +86,98 @@ def left_held(idiom: str, seconds: float) -> tuple[int, int]:
     old_interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # let the signaller run often, so signals land everywhere
     thread = threading.Thread(target=signaller, daemon=True)
-    interrupts = held = 0
     try:
         thread.start()
-        armed.set()
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                loop(lock)
-            except _Interrupt:
-                interrupts += 1
-                if lock.locked():  # only this thread ever takes it
-                    held += 1
-                    lock.release()
+        yield armed
     finally:
         armed.clear()
         done.set()
         thread.join()
         sys.setswitchinterval(old_interval)
         signal.signal(signal.SIGUSR1, old_handler)
+
+
+def left_held(idiom: str, seconds: float) -> tuple[int, int]:
+    """(interrupts, times the lock was left held) over `seconds` of signals, around a bare
+    lock taken with `idiom`."""
+    loop = IDIOMS[idiom]
+    lock = threading.Lock()
+    interrupts = held = 0
+    with _signals() as armed:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                armed.set()
+                loop(lock)
+            except _Interrupt:
+                armed.clear()
+                interrupts += 1
+                if lock.locked():  # only this thread ever takes it
+                    held += 1
+                    lock.release()
+    return interrupts, held
+
+
+def pool_left_held(make_pool: Callable[[], Any], seconds: float) -> tuple[int, int]:
+    """The same around a real pool's getconn + putconn: (interrupts, times the pool's lock
+    was left held). Stops at the first lock left held: that pool would hang every caller.
+
+    An interrupt can also land inside a critical section and lose a connection from the
+    pool's books (psycopg2.pool then says "connection pool exhausted"; pgpool does not
+    defend that case either, see tests/test_interrupts.py); then a new pool is made.
+    """
+    pools = [make_pool()]
+    interrupts = held = 0
+    try:
+        with _signals() as armed:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and not held:
+                try:
+                    try:
+                        armed.set()
+                        while True:
+                            pool = pools[-1]
+                            pool.putconn(pool.getconn())
+                    except _Interrupt:
+                        armed.clear()
+                        interrupts += 1
+                        if pools[-1]._lock.locked():  # nobody else uses this pool
+                            held += 1
+                    except Exception:  # the books lost a connection: start again
+                        armed.clear()
+                        pools.append(make_pool())
+                except _Interrupt:  # landed in a handler above, before it disarmed
+                    armed.clear()
+    finally:
+        for pool in pools:
+            if pool._lock.locked():
+                pool._lock.release()  # a lock left held: let closeall run
+            with contextlib.suppress(Exception):
+                pool.closeall()
     return interrupts, held
 
 
 def main(argv: list[str]) -> None:
-    seconds = float(argv[0]) if argv else 5.0
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.lock_idiom", description=__doc__)
+    parser.add_argument("seconds", type=float, nargs="?", default=5.0)
+    parser.add_argument("--dsn", help="also try psycopg2.pool's and pgpool's own pools on it")
+    args = parser.parse_args(argv)
     for idiom in IDIOMS:
-        interrupts, held = left_held(idiom, seconds)
+        interrupts, held = left_held(idiom, args.seconds)
         print(f"{idiom:12} {interrupts:7,} interrupts, the lock left held after {held:,}")
+    if args.dsn:
+        import psycopg2.pool
+
+        import pgpool
+
+        makers = {
+            "psycopg2.pool": lambda: psycopg2.pool.ThreadedConnectionPool(1, 1, args.dsn),
+            "pgpool": lambda: pgpool.ThreadedConnectionPool(1, 1, args.dsn, timeout=1),
+        }
+        for name, make in makers.items():
+            interrupts, held = pool_left_held(make, args.seconds)
+            verdict = "its lock left held: every later call would hang" if held else "never"
+            print(f"{name:14} {interrupts:7,} interrupts; {verdict}")
 
 
 if __name__ == "__main__":
