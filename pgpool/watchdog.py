@@ -37,7 +37,12 @@ class Alarm:
     __slots__ = ("fired", "live", "sock")
 
     def __init__(self, fd: int) -> None:
-        self.sock = socket.socket(fileno=os.dup(fd))
+        duplicate = os.dup(fd)
+        try:
+            self.sock = socket.socket(fileno=duplicate)
+        except BaseException:  # no socket object holds it yet: close it here, or it leaks
+            os.close(duplicate)
+            raise
         self.live = True
         self.fired = False
 

@@ -16,6 +16,7 @@ import errno
 import gc
 import inspect
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -428,6 +429,37 @@ class _NoDescriptorsLeft:
     @staticmethod
     def dup(fd: int) -> int:
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+
+class _NoSocketObjects:
+    """Stands in for the `socket` module as the watchdog sees it: the duplicate is made,
+    then wrapping it in a socket object fails (as it can for want of memory)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+    @staticmethod
+    def socket(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+
+def test_a_duplicate_the_alarm_could_not_wrap_is_closed(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alarm's duplicate was made before its socket object: when making the object
+    failed, nothing held the duplicate and it stayed open for good."""
+    from pgpool import watchdog
+    from pgpool.connection import ping
+
+    conn = psycopg2.connect(dsn)
+    try:
+        before = _copies(conn.fileno())
+        monkeypatch.setattr(watchdog, "socket", _NoSocketObjects())
+        assert ping(conn, 0.2) is False  # cannot be bounded: it fails (see the next test)
+        monkeypatch.undo()
+        assert _copies(conn.fileno()) == before
+    finally:
+        conn.close()
 
 
 def test_a_health_check_that_cannot_arm_its_deadline_fails_the_connection_not_getconn(
