@@ -124,8 +124,11 @@ def _values() -> dict[str, Any]:
     for key, row in scale["threads"].items():  # microseconds 256 threads add
         v[f"add_{key}"] = (row["ns"]["256"]["median"] - row["ns"]["1"]["median"]) / 1e3
     for size, row in s["sizing"]["rows"].items():
-        for metric in ("qps", "request_p99_ms", "query_p50_ms"):
+        for metric in ("qps", "request_p50_ms", "request_p99_ms", "query_p50_ms"):
             v[f"sz{size}_{metric}"] = med(row, metric)
+    machine = results["meta"]["machine"]
+    v["run_date"] = results["meta"]["started"][:10]
+    v["load_start"], v["load_end"] = machine["loadavg_at_start"][0], machine["loadavg_at_end"][0]
     v["sz_query_growth"] = v["sz32_query_p50_ms"] / v["sz8_query_p50_ms"]
     v["noop_x"] = v["noop_pg"] / v["noop_p2"]
     v["sel_x"] = v["sel_pg"] / v["sel_p2"]
@@ -199,11 +202,15 @@ CLAIMS = [
     ("docs/benchmarks.md", "**Scale, 256 threads: pgpool adds {add_pgpool-threaded:.1f} µs to a checkout + return, psycopg2 Threaded\n   {add_psycopg2-threaded:.1f} µs (goal ≤).** A bare Lock + list adds {add_lock-floor:.1f} µs and SQLAlchemy {add_sqlalchemy:.1f} µs."),
     ("docs/benchmarks.md", "(pgpool {scale_thr_pg:.2f}x against\n   SQLAlchemy's {scale_thr_sqla:.2f}x)"),
     ("docs/sizing.md", "the\nmedian query took {sz1_query_p50_ms:.1f} ms."),
-    ("docs/sizing.md", "{sz1_qps:,.0f} queries/s with one\n  connection, {sz6_qps:,.0f} with six"),
+    ("docs/sizing.md", "([Benchmarks](benchmarks.md): {run_date}, a 2-vCPU virtual machine"),
+    ("docs/sizing.md", "load average {load_start:.1f} when it started\nand {load_end:.1f} when it ended"),
+    ("docs/sizing.md", "{sz1_qps:,.0f} queries/s\n  with one connection, {sz8_qps:,.0f} with eight. The median request gets faster with it ({sz1_request_p50_ms:.1f} ms\n  to {sz8_request_p50_ms:.1f} ms)"),
+    ("docs/sizing.md", "hardly moves up to 4 connections ({sz1_query_p50_ms:.2f} ms to {sz4_query_p50_ms:.2f} ms), then grows\n  ({sz8_query_p50_ms:.2f} ms at 8)"),
     ("docs/sizing.md", "fastest at 6 (p99 {sz6_request_p99_ms:.1f} ms)"),
     ("docs/sizing.md", "({sz8_qps:,.0f} to {sz32_qps:,.0f} queries/s, {sz12_qps:,.0f} at 12)"),
     ("docs/sizing.md", "takes {sz_query_growth:.1f} times as long\n  ({sz8_query_p50_ms:.2f} ms to {sz32_query_p50_ms:.2f} ms)"),
     ("docs/sizing.md", "(p99 {sz8_request_p99_ms:.1f} ms to {sz32_request_p99_ms:.1f} ms)"),
+    ("docs/sizing.md", "({sz8_request_p50_ms:.1f} ms at 8, {sz32_request_p50_ms:.1f} ms at 32)"),
     ("docs/compat.md", "ThreadedConnectionPool ({noop_best:.2f} µs\nagainst {noop_p2:.2f} µs: an `RLock`"),
 ]  # fmt: skip
 
