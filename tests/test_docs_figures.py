@@ -129,6 +129,18 @@ def _values() -> dict[str, Any]:
     machine = results["meta"]["machine"]
     v["run_date"] = results["meta"]["started"][:10]
     v["load_start"], v["load_end"] = machine["loadavg_at_start"][0], machine["loadavg_at_end"][0]
+    fleet_rows = s["fleet"]["rows"]
+    for query in ("select1", "sleep2ms"):
+        kept, null = fleet_rows[query]["pgbouncer-16"], fleet_rows[query]["null-pgbouncer-16"]
+        v[f"fl_{query}_kept"], v[f"fl_{query}_null"] = med(kept, "tps"), med(null, "tps")
+        v[f"fl_{query}_null_share"] = 100 * med(null, "tps") / med(kept, "tps")
+        v[f"fl_{query}_starved"] = fleet_rows[query]["limited-direct"]["starved_processes"]
+        v[f"fl_{query}_served"] = s["fleet"]["settings"]["processes"] - v[f"fl_{query}_starved"]
+        v[f"fl_{query}_null_clients"] = null["client_connections"]
+    null1, kept1 = fleet_rows["select1"]["null-pgbouncer-16"], fleet_rows["select1"]["pgbouncer-16"]
+    v["fl_null_p50"], v["fl_kept_p50"] = med(null1, "p50_ms"), med(kept1, "p50_ms")
+    v["fl_null_connects"], v["fl_kept_connects"] = null1["connects"], kept1["connects"]
+    v["fl_kept_clients"] = kept1["client_connections"]
     v["sz_query_growth"] = v["sz32_query_p50_ms"] / v["sz8_query_p50_ms"]
     v["noop_x"] = v["noop_pg"] / v["noop_p2"]
     v["sel_x"] = v["sel_pg"] / v["sel_p2"]
@@ -211,6 +223,12 @@ CLAIMS = [
     ("docs/sizing.md", "takes {sz_query_growth:.1f} times as long\n  ({sz8_query_p50_ms:.2f} ms to {sz32_query_p50_ms:.2f} ms)"),
     ("docs/sizing.md", "(p99 {sz8_request_p99_ms:.1f} ms to {sz32_request_p99_ms:.1f} ms)"),
     ("docs/sizing.md", "({sz8_request_p50_ms:.1f} ms at 8, {sz32_request_p50_ms:.1f} ms at 32)"),
+    ("docs/deploying.md", "([Benchmarks](benchmarks.md):\n{run_date}, a 2-vCPU machine"),
+    ("docs/deploying.md", "took the 6 slots and {fl_select1_starved} of the 8 processes ({fl_sleep2ms_starved} with the 2 ms\n  query) got none"),
+    ("docs/deploying.md", "those of the {fl_select1_served} (or {fl_sleep2ms_served}) lucky processes"),
+    ("docs/deploying.md", "null pool opened {fl_null_connects:,} connections in one run (4.5 s, warm-up included) where the pools\nthat keep theirs opened {fl_kept_connects}, and served {fl_select1_null:,.0f} transactions/s against\n{fl_select1_kept:,.0f} ({fl_select1_null_share:.0f} %), with a median transaction of {fl_null_p50:.2f} ms against {fl_kept_p50:.2f} ms."),
+    ("docs/deploying.md", "it kept {fl_sleep2ms_null_share:.0f} % of the\nrate ({fl_sleep2ms_null:,.0f} against {fl_sleep2ms_kept:,.0f})."),
+    ("docs/deploying.md", "at most {fl_select1_null_clients} were\nconnected to PgBouncer at once ({fl_sleep2ms_null_clients} with the 2 ms query; sampled every 0.1 s), against {fl_kept_clients}."),
     ("docs/compat.md", "ThreadedConnectionPool ({noop_best:.2f} µs\nagainst {noop_p2:.2f} µs: an `RLock`"),
 ]  # fmt: skip
 
@@ -358,11 +376,19 @@ def test_reliability_quotes_the_committed_chaos_run() -> None:
 
 # -- deploying.md: the fleet table is the committed run's fleet scenario --------------------
 
-FLEET_ROWS = ("direct", "pgbouncer-16", "pgbouncer-8", "limited-direct", "limited-pgbouncer-6")
+FLEET_ROWS = (
+    "direct",
+    "pgbouncer-16",
+    "pgbouncer-8",
+    "null-pgbouncer-16",
+    "limited-direct",
+    "limited-pgbouncer-6",
+)
 FLEET_NAMES = {
     "direct": "direct",
     "pgbouncer-16": "PgBouncer, pool 16",
     "pgbouncer-8": "PgBouncer, pool 8",
+    "null-pgbouncer-16": "null pool, PgBouncer 16",
     "limited-direct": "direct, 6 allowed",
     "limited-pgbouncer-6": "PgBouncer 6, 6 allowed",
 }
