@@ -442,3 +442,68 @@ def test_fleet_table_is_the_committed_run() -> None:
         f"  6 give {share('sleep2ms', 'limited-pgbouncer-6'):.0f} %",
     ):
         assert quoted in page, quoted
+
+
+# -- django.md: its table and figures are the committed run's django scenario ---------------
+
+DJANGO_NAMES = {
+    "max_age_0": "`CONN_MAX_AGE=0` (Django's default)",
+    "max_age_none": "`CONN_MAX_AGE=None`",
+    "pgpool": "pgpool ENGINE",
+    "ddcp": "django-db-connection-pool",
+}
+
+
+def django() -> dict[str, Any]:
+    with gzip.open(RESULTS, "rt", encoding="utf-8") as file:
+        scenario: dict[str, Any] = json.load(file)["scenarios"]["django"]
+    return scenario
+
+
+def django_table() -> str:
+    lines = [
+        "| Django with | req/s | connects / 1,000 req | p50 ms | p99 ms | server sessions"
+        " | failed across the restart |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key, name in DJANGO_NAMES.items():
+        r = django()["rows"][key]
+        rps = r["rps"]
+        lines.append(
+            f"| {name} | {rps['median']:,.0f} ±{(rps['p75'] - rps['p25']) / 2:,.0f}"
+            f" | {r['connects_per_1000']['median']:,.0f} | {r['p50_ms']['median']:.0f}"
+            f" | {r['p99_ms']['median']:.0f} | {r['server_sessions']} | {r['restart']['failed']} |"
+        )
+    return "\n".join(lines)
+
+
+def test_django_page_quotes_the_committed_run() -> None:
+    page = (ROOT / "docs" / "django.md").read_text(encoding="utf-8")
+    assert django_table() in page, (
+        f"docs/django.md should carry, from {RESULTS.name}:\n{django_table()}"
+    )
+    rows = {
+        key: {
+            m: v["median"] if isinstance(v, dict) and "median" in v else v for m, v in row.items()
+        }
+        for key, row in django()["rows"].items()
+    }
+    pg, ddcp, none, zero = rows["pgpool"], rows["ddcp"], rows["max_age_none"], rows["max_age_0"]
+    settings = django()["settings"]
+    threads = settings["threads"]  # each almost always inside a request: W = threads / λ
+    for quoted in (
+        f"({pg['rps']:,.0f} requests/s against {none['rps']:,.0f})",
+        f"which serves {100 * zero['rps'] / pg['rps']:.0f} % as many ({zero['rps']:,.0f})",
+        f"{pg['rps']:,.0f} requests/s against {ddcp['rps']:,.0f}, {pg['rps'] / ddcp['rps']:.2f}x:",
+        f"({ddcp['p50_ms']:.0f} and {ddcp['p99_ms']:.0f} ms against pgpool's {pg['p50_ms']:.0f}"
+        f" and {pg['p99_ms']:.0f})",
+        f"{threads} threads at {ddcp['rps']:,.0f} requests per second allow:"
+        f" {threads / ddcp['rps'] * 1e3:.0f} ms, more than its p99",
+        f"({threads} threads at {pg['rps']:,.0f} requests per second:"
+        f" {threads / pg['rps'] * 1e3:.0f} ms each)",
+        f"while {threads} threads want {settings['max_size']}:",
+        f"(at most `max_size`, {settings['restart_max_size']} here)",
+    ):
+        assert quoted in page, f"docs/django.md should say, from {RESULTS.name}: {quoted}"
+    assert pg["rps"] >= ddcp["rps"], "the page says the goal (at least as many) is met"
+    assert ddcp["p99_ms"] < threads / ddcp["rps"] * 1e3, "the page says its p99 is below the mean"
