@@ -602,7 +602,7 @@ CONTENDERS: list[Contender] = [
     ),
     Contender(
         "lock-with",
-        "Lock + list, with",
+        "Lock+list, with",
         False,
         True,
         "psycopg2",
@@ -611,7 +611,7 @@ CONTENDERS: list[Contender] = [
     ),
     Contender(
         "lock-try",
-        "Lock + list, acquire/try",
+        "Lock+list, try",
         False,
         True,
         "psycopg2",

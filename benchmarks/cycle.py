@@ -61,6 +61,7 @@ LOCK_FLOORS = {
     "pgpool-simple": "lock-with",
     "psycopg2-threaded": "lock-try",
 }
+LOCK_IDIOMS = {"lock-with": "with", "lock-try": "try"}  # how a table cell names each
 
 
 def _sizes(quick: bool) -> dict[str, tuple[int, int, int]]:
@@ -203,7 +204,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
         cols = ["contender", "sessions", "us / cycle", "paired ratio"]
         if variant == "select1":
             cols += ["above the floor"]
-        cols += ["above its lock floor"]
+        cols += ["above lock"]
         rows = data["rows"]
         us = spread_column(rows, "us", 2 if variant == "noop" else 1)
         table_rows = []
@@ -217,9 +218,9 @@ def tables(result: dict[str, Any]) -> list[Table]:
                 else:
                     cells.append("(floor)" if key in FLOORS.values() else "-")
             if "above_lock_us" in row:
-                cells.append(
-                    f"{fmt(row['above_lock_us'], 2, ' us')} (above {labels[row['lock_floor']]})"
-                )
+                idiom = LOCK_IDIOMS[row["lock_floor"]]
+                digits = 2 if variant == "noop" else 1  # as the us / cycle column
+                cells.append(f"+{fmt(row['above_lock_us'], digits)} {idiom}")
             else:
                 cells.append("(floor)" if key in LOCK_FLOORS.values() else "-")
             table_rows.append(cells)
@@ -230,9 +231,9 @@ def tables(result: dict[str, Any]) -> list[Table]:
             + "; lower is better",
             "paired ratio: the median of per-repetition ratios to psycopg2 Threaded (timed "
             "moments apart), not the ratio of the two medians shown; same for the overhead",
-            "above its lock floor: the median of per-repetition differences from one "
-            "connection in a list behind the same kind of lock (`with lock:` for pgpool, "
-            "acquire/try/finally for psycopg2.pool): the pool's own bookkeeping",
+            "above lock: us above one connection in a list behind the same kind of lock, "
+            "`with lock:` (with: pgpool) or acquire/try/finally (try: psycopg2.pool), the median "
+            "of per-repetition differences: the pool's own bookkeeping",
             sessions_note(result["settings"]["maxconn"], rows),
             f"placement: {result['settings'].get('placement', '-')}",
         ]

@@ -132,10 +132,9 @@ def _cycle(res: dict[str, Any]) -> list[Goal]:
         if ratio is None or "above_lock_us" not in theirs:
             measured, met = f"lock floors not measured; {whole}", None
         else:
-            labels = res.get("labels", {})
             floors = ", ".join(
-                f"{labels.get(key, key)} {_median(rows[key], 'us'):.2f} us"
-                for key in (mine["lock_floor"], theirs["lock_floor"])
+                f"{idiom} {_median(rows[key], 'us'):.2f} us"
+                for idiom, key in (("with", mine["lock_floor"]), ("try", theirs["lock_floor"]))
                 if key in rows
             )
             measured = (

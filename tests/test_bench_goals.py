@@ -267,7 +267,7 @@ def test_cycle_no_query_judges_bookkeeping_above_each_lock_floor() -> None:
     assert noop.met is True
     assert noop.measured == (
         "+0.70 us vs +0.60 us: paired ratio 1.15x; in all 1.00 us vs 0.80 us, paired 1.25x "
-        "(floors: Lock + list, with 0.30 us, Lock + list, try 0.20 us)"
+        "(floors: with 0.30 us, try 0.20 us)"
     )
     assert "paired" in noop.goal and "no query" in noop.goal and "1.15x" in noop.goal
     assert "`with lock:`" in noop.goal and "acquire/try" in noop.goal
