@@ -108,7 +108,20 @@ def _hammer(url: str, threads: int, requests: int) -> list[Any]:
 def _env(dsn: str, app: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ, PGPOOL_DSN=make_dsn(dsn, application_name=app), **extra)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack (see _exits)
     return env
+
+
+def _exits(process: subprocess.Popen[str], timeout: float) -> str:
+    """Wait for `process` to exit after its Ctrl-C; return its stderr. One that does not
+    exit in time is aborted, and the test fails with where each of its threads was stuck
+    (faulthandler's dump, from PYTHONFAULTHANDLER): a hang at exit names its cause."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        err = process.communicate(timeout=10)[1]
+        pytest.fail(f"no exit {timeout:.0f} s after Ctrl-C; its threads:\n{err[-6000:]}")
 
 
 @pytest.fixture
@@ -202,7 +215,7 @@ def test_flask_threaded_returns_connections_even_when_the_view_raises(
     assert count_backends(recipe_db, app) <= 4
 
     process.send_signal(signal.SIGINT)  # Ctrl-C
-    _, err = process.communicate(timeout=15)
+    err = _exits(process, 15)
     # The only tracebacks are the six failing views' own, logged by Flask: none at shutdown.
     assert err.count("Traceback") == err.count("RuntimeError: the view failed") == 6, err[-3000:]
     run_sql(recipe_db, "DELETE FROM users")
@@ -293,7 +306,7 @@ def test_gunicorn_preload_master_holds_nothing_workers_own_their_sessions(
 
     # TERM: workers finish, close their pools (worker_exit), the master exits cleanly.
     master.send_signal(signal.SIGTERM)
-    _, err = master.communicate(timeout=30)
+    err = _exits(master, 30)
     assert master.returncode == 0, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     wait_for(lambda: count_backends(recipe_db, app) == 0, 10, "every session closed")
