@@ -11,6 +11,7 @@ checks that they do, byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -112,6 +113,25 @@ def _env(dsn: str, app: str, **extra: str) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def _ctrl_c_reaches_children() -> Iterator[None]:
+    """Let the processes started inside hear the Ctrl-C the test sends them.
+
+    A program started in the background by a script (`cmd &`, without job control) ignores
+    SIGINT, and its children inherit that across exec: the test's Ctrl-C would be lost and
+    the server would run on (it did, in a `.ci/run` started that way). A handler, unlike an
+    ignored signal, is reset to the default at exec, so the parent takes Python's own for
+    the moment it starts them."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _exits(process: subprocess.Popen[str], timeout: float) -> str:
     """Wait for `process` to exit after its Ctrl-C; return its stderr. One that does not
     exit in time is aborted, and the test fails with where each of its threads was stuck
@@ -193,10 +213,11 @@ def test_flask_threaded_returns_connections_even_when_the_view_raises(
     app, port = unique_app("flask"), _free_port()
     cmd = [sys.executable, "-m", "flask", "--app", "examples.flask_app", "run"]
     cmd += ["--with-threads", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        cmd, cwd=ROOT, env=_env(recipe_db, app, POOL_MAX="4"), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    with _ctrl_c_reaches_children():
+        process = subprocess.Popen(
+            cmd, cwd=ROOT, env=_env(recipe_db, app, POOL_MAX="4"), text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
     stop_later.append(process)
     base = f"http://127.0.0.1:{port}"
     _wait_http(f"{base}/users", process)
