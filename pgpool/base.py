@@ -315,7 +315,14 @@ class PoolBase:
                     conn.commit()  # so what configure SET lasts, and the connection is idle
             defaults = conn_ops.session_defaults(conn)
             # Now, while nobody else can close the connection: see stopper.py.
-            stopper = Stopper(conn)
+            try:
+                stopper = Stopper(conn)
+            except OSError as error:
+                # No descriptor left for its duplicate (EMFILE): to the caller, a connect
+                # that failed, as the driver reports one, with the pool's back-off after it.
+                raise psycopg2.OperationalError(
+                    f"could not prepare the new connection: {error}"
+                ) from error
         except BaseException:
             conn_ops.close_quietly(conn)
             raise

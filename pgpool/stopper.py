@@ -61,7 +61,12 @@ class Stopper:
         except Exception:
             fd = None  # not a real socket (a test's fake connection): nothing to cut
         if fd is not None:
-            self._sock.append(socket.socket(fileno=os.dup(fd)))
+            duplicate = os.dup(fd)
+            try:
+                self._sock.append(socket.socket(fileno=duplicate))
+            except BaseException:  # no socket object holds it yet: close it, or it leaks
+                os.close(duplicate)
+                raise
         pgconn = getattr(conn, "pgconn_ptr", None)  # None: no libpq behind it (a fake)
         if pgconn:
             cancel = _libpq().PQgetCancel(pgconn)  # argtypes make it a void pointer

@@ -462,6 +462,52 @@ def test_a_duplicate_the_alarm_could_not_wrap_is_closed(
         conn.close()
 
 
+def test_a_stopper_closes_the_duplicate_it_could_not_wrap(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for the Stopper a new connection gets: its duplicate was made before the
+    socket object that holds it."""
+    from pgpool import stopper
+
+    conn = psycopg2.connect(dsn)
+    try:
+        before = _copies(conn.fileno())
+        monkeypatch.setattr(stopper, "socket", _NoSocketObjects())
+        with pytest.raises(OSError):
+            stopper.Stopper(conn)
+        monkeypatch.undo()
+        assert _copies(conn.fileno()) == before
+    finally:
+        conn.close()
+
+
+def test_a_connect_that_cannot_get_its_stopper_is_a_failed_connect(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors just after connecting, the new connection cannot get the duplicate
+    its Stopper keeps. A bare OSError came out of getconn; now the caller gets what a failed
+    connect gives (the driver's OperationalError, naming the cause), the connection is
+    closed, and the pool connects again once descriptors are back."""
+    from pgpool import stopper
+
+    app = unique_app("stopper-emfile")
+    pool = pgpool.SimpleConnectionPool(0, 1, pool_dsn(dsn, app))
+    try:
+        monkeypatch.setattr(stopper, "os", _NoDescriptorsLeft())
+        with pytest.raises(psycopg2.OperationalError, match="could not prepare") as raised:
+            pool.getconn()
+        assert isinstance(raised.value.__cause__, OSError)
+        stats = pool.stats()
+        assert (stats.size, stats.connect_errors, stats.connections_opened) == (0, 1, 0)
+        wait_for(lambda: count_backends(dsn, app) == 0, what="the half-made connection closed")
+        monkeypatch.undo()
+        conn = pool.getconn(timeout=5)  # after the back-off: a connect that works
+        assert scalar(conn, "SELECT 1") == 1
+        pool.putconn(conn)
+    finally:
+        pool.closeall()
+
+
 def test_a_health_check_that_cannot_arm_its_deadline_fails_the_connection_not_getconn(
     dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
