@@ -168,10 +168,12 @@ class PoolConfig:
 
 
 @st.composite
-def pool_configs(draw: st.DrawFn, inline_maintenance: bool = False) -> PoolConfig:
+def pool_configs(
+    draw: st.DrawFn, inline_maintenance: bool = False, keeps_idle: bool = True
+) -> PoolConfig:
     maxconn = draw(st.integers(1, 3))
     return PoolConfig(
-        minconn=draw(st.integers(0, maxconn)),
+        minconn=draw(st.integers(0, maxconn)) if keeps_idle else 0,
         maxconn=maxconn,
         max_connecting=draw(st.integers(1, 2)),
         health_check_after=draw(st.sampled_from([0.0, 0.5, 2.0])),
@@ -1068,10 +1070,37 @@ class SimplePoolMachine(PoolMachine):
         self._open_pool()
 
 
+class NullPoolMachine(PoolMachine):
+    """The same, on a NullConnectionPool: `minconn` 0, and every connection returned to it
+    is closed, whatever `close` says (so the model expects putconn(close=True) each time).
+    Nothing is ever idle, so each getconn connects while there is room."""
+
+    pool_class = pgpool.NullConnectionPool
+
+    @initialize(config=pool_configs(keeps_idle=False))
+    def open_pool(self, config: PoolConfig) -> None:
+        self.config = config
+        self._open_pool()
+
+    def _expect_putconn(self, conn: Any, key: Hashable | None, close: bool) -> str:
+        return super()._expect_putconn(conn, key, True)
+
+    @rule(maxconn=st.integers(1, 3))
+    def resize(self, maxconn: int) -> None:  # type: ignore[override]
+        """`resize(0, maxconn)`: a null pool's minconn stays 0."""
+        super().resize(maxconn, 0)
+
+    @invariant()
+    def nothing_idle(self) -> None:
+        assert self.pool is None or self.pool.stats().idle == 0, "a null pool kept one idle"
+
+
 TestThreadedPoolStateMachine = PoolMachine.TestCase
 TestThreadedPoolStateMachine.settings = machine_settings(200, 50)
 TestSimplePoolStateMachine = SimplePoolMachine.TestCase
 TestSimplePoolStateMachine.settings = machine_settings(200, 50)
+TestNullPoolStateMachine = NullPoolMachine.TestCase
+TestNullPoolStateMachine.settings = machine_settings(100, 50)
 
 
 # -- bugs the machine found, replayed by hand (Hypothesis' reproductions, made permanent) --
