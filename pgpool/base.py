@@ -52,13 +52,6 @@ PING_TIMEOUT_MIN = 1.0
 _pool_numbers = itertools.count(1)
 
 
-# Every pool of the process, for metrics: weak references, so that listing a pool does not
-# keep it alive. A pool registers itself as its constructor ends, in whichever thread made
-# it, while a scrape may be reading the list in another: both take this lock. The references
-# have no callbacks: a WeakSet's remove their item whenever the garbage collector runs, in any
-# thread, which no lock of ours can hold off, and a copy running then raises "Set changed size
-# during iteration". Dead references are dropped instead when the list has doubled since the
-# last sweep, so registering stays O(1) on average.
 def jitter(low: float) -> float:
     """A random factor between `low` and 1, for expiries and back-offs: connections opened
     together are not all replaced, nor retried, at the same moment.
@@ -72,6 +65,13 @@ def jitter(low: float) -> float:
     return random.uniform(low, 1.0)
 
 
+# Every pool of the process, for metrics: weak references, so that listing a pool does not
+# keep it alive. A pool registers itself as its constructor ends, in whichever thread made
+# it, while a scrape may be reading the list in another: both take this lock. The references
+# have no callbacks: a WeakSet's remove their item whenever the garbage collector runs, in any
+# thread, which no lock of ours can hold off, and a copy running then raises "Set changed size
+# during iteration". Dead references are dropped instead when the list has doubled since the
+# last sweep, so registering stays O(1) on average.
 _live_pools: list[weakref.ref[PoolBase]] = []
 _live_pools_lock = threading.Lock()
 _sweep_at = 64  # sweep dead references when the list reaches this length
