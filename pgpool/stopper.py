@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
+
+from .watchdog import socket_copy
 
 if TYPE_CHECKING:
     import ctypes  # imported by _libpq() on the first connect, not by `import pgpool`
@@ -61,12 +62,7 @@ class Stopper:
         except Exception:
             fd = None  # not a real socket (a test's fake connection): nothing to cut
         if fd is not None:
-            duplicate = os.dup(fd)
-            try:
-                self._sock.append(socket.socket(fileno=duplicate))
-            except BaseException:  # no socket object holds it yet: close it, or it leaks
-                os.close(duplicate)
-                raise
+            self._sock.append(socket_copy(fd))
         pgconn = getattr(conn, "pgconn_ptr", None)  # None: no libpq behind it (a fake)
         if pgconn:
             cancel = _libpq().PQgetCancel(pgconn)  # argtypes make it a void pointer

@@ -37,12 +37,7 @@ class Alarm:
     __slots__ = ("fired", "live", "sock")
 
     def __init__(self, fd: int) -> None:
-        duplicate = os.dup(fd)
-        try:
-            self.sock = socket.socket(fileno=duplicate)
-        except BaseException:  # no socket object holds it yet: close it here, or it leaks
-            os.close(duplicate)
-            raise
+        self.sock = socket_copy(fd)
         self.live = True
         self.fired = False
 
@@ -67,6 +62,17 @@ _cond = threading.Condition()
 _heap: list[tuple[float, int, Alarm]] = []
 _order = itertools.count()
 _thread: threading.Thread | None = None
+
+
+def socket_copy(fd: int) -> socket.socket:
+    """A socket object holding a duplicate of descriptor `fd` (an alarm's, and a Stopper's).
+    Raises OSError when no descriptor is left; never leaves a duplicate open behind it."""
+    duplicate = os.dup(fd)
+    try:
+        return socket.socket(fileno=duplicate)
+    except BaseException:  # no socket object holds it yet: close it here, or it leaks
+        os.close(duplicate)
+        raise
 
 
 def arm(conn: Any, seconds: float) -> Alarm:

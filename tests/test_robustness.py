@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -418,29 +418,25 @@ def test_an_interrupted_health_check_leaves_no_duplicate_descriptor(
         conn.close()
 
 
-class _NoDescriptorsLeft:
-    """Stands in for the `os` module as the watchdog sees it: every `dup` fails as it does
-    in a process out of descriptors (EMFILE), which a real server cannot make happen on
-    cue. Only the watchdog's: the pool's own connects still work."""
+def _fails(code: int) -> Callable[..., Any]:
+    """A stand-in for a system call that fails with `code`, as in a process out of
+    descriptors (EMFILE) or memory (ENOMEM): what a real server cannot make happen on cue."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+class _StandIn:
+    """A module as pgpool's code sees it, with one of its functions replaced (`_fails`):
+    set on one pgpool module only, so the rest of the process is untouched."""
+
+    def __init__(self, module: Any, name: str, replacement: Callable[..., Any]) -> None:
+        self._module, self._name, self._replacement = module, name, replacement
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    @staticmethod
-    def dup(fd: int) -> int:
-        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-
-
-class _NoSocketObjects:
-    """Stands in for the `socket` module as the watchdog sees it: the duplicate is made,
-    then wrapping it in a socket object fails (as it can for want of memory)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(socket, name)
-
-    @staticmethod
-    def socket(*args: Any, **kwargs: Any) -> Any:
-        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+        return self._replacement if name == self._name else getattr(self._module, name)
 
 
 def test_a_duplicate_the_alarm_could_not_wrap_is_closed(
@@ -454,7 +450,7 @@ def test_a_duplicate_the_alarm_could_not_wrap_is_closed(
     conn = psycopg2.connect(dsn)
     try:
         before = _copies(conn.fileno())
-        monkeypatch.setattr(watchdog, "socket", _NoSocketObjects())
+        monkeypatch.setattr(watchdog, "socket", _StandIn(socket, "socket", _fails(errno.ENOMEM)))
         assert ping(conn, 0.2) is False  # cannot be bounded: it fails (see the next test)
         monkeypatch.undo()
         assert _copies(conn.fileno()) == before
@@ -467,12 +463,13 @@ def test_a_stopper_closes_the_duplicate_it_could_not_wrap(
 ) -> None:
     """The same for the Stopper a new connection gets: its duplicate was made before the
     socket object that holds it."""
-    from pgpool import stopper
+    from pgpool import stopper, watchdog
 
     conn = psycopg2.connect(dsn)
     try:
         before = _copies(conn.fileno())
-        monkeypatch.setattr(stopper, "socket", _NoSocketObjects())
+        # The Stopper makes its copy with watchdog.socket_copy, as an alarm does.
+        monkeypatch.setattr(watchdog, "socket", _StandIn(socket, "socket", _fails(errno.ENOMEM)))
         with pytest.raises(OSError):
             stopper.Stopper(conn)
         monkeypatch.undo()
@@ -493,7 +490,7 @@ def test_a_connect_that_cannot_get_its_stopper_is_a_failed_connect(
     app = unique_app("stopper-emfile")
     pool = pgpool.SimpleConnectionPool(0, 1, pool_dsn(dsn, app))
     try:
-        monkeypatch.setattr(stopper, "os", _NoDescriptorsLeft())
+        monkeypatch.setattr(stopper, "socket_copy", _fails(errno.EMFILE))  # the Stopper's only
         with pytest.raises(psycopg2.OperationalError, match="could not prepare") as raised:
             pool.getconn()
         assert isinstance(raised.value.__cause__, OSError)
@@ -529,7 +526,8 @@ def test_a_health_check_that_cannot_arm_its_deadline_fails_the_connection_not_ge
         for conn in idle:
             pool.putconn(conn)
         clock.advance(pool._options.health_check_after + 1)  # idle long enough to be pinged
-        monkeypatch.setattr(watchdog, "os", _NoDescriptorsLeft())
+        # Only the alarm's copy fails: the new connection's Stopper still gets its own.
+        monkeypatch.setattr(watchdog, "socket_copy", _fails(errno.EMFILE))
         conn = pool.getconn()  # each idle one fails its check; a new one is opened
         assert conn not in idle and scalar(conn, "SELECT 1") == 1
         stats = pool.stats()
