@@ -491,7 +491,7 @@ class AbstractConnectionPool(PoolMaintenance):
         except BaseException:
             # Interrupted (a signal handler raised, say): give back whatever we were handed.
             aside = self._record(state.abandon, waiter, NOW)
-            if aside is not None:  # handed a connection the shrinking pool may close
+            if aside is not None:  # handed one it may close: PoolState._may_idle
                 self._finish_return(aside, False)
             raise
         if waiter.error is not None:

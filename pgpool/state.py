@@ -83,7 +83,7 @@ class Slot:
         stopper: Stopper | None = None,
     ) -> None:
         self.conn = conn
-        self.ident = id(conn)  # its key in PoolState.leased, computed once, not per checkout
+        self.ident = id(conn)  # its key in `leased` and `returning`: computed once, not per use
         self.created_at = created_at
         self.expires_at = expires_at  # created_at + jittered max_lifetime
         # (autocommit, isolation_level, readonly, deferrable) at connect
@@ -204,10 +204,10 @@ class PoolState:
         # that gave up while it connected.
         self.keeps_idle = keeps_idle
         self.idle: list[Slot] = []
-        self.leased: dict[int, Slot] = {}  # id(conn) (slot.ident) -> slot, checked out by a caller
+        self.leased: dict[int, Slot] = {}  # slot.ident -> slot, checked out by a caller
         self.keys: dict[Hashable, Slot] = {}  # psycopg2-style key -> leased slot
         self.pending_keys: set[Hashable] = set()  # keys whose caller waits or connects
-        self.returning: dict[int, Slot] = {}  # id(conn) -> slot, being cleaned on return
+        self.returning: dict[int, Slot] = {}  # slot.ident -> slot, being cleaned on return
         self.connecting = 0  # slots reserved for connects in flight
         self.waiters: deque[Waiter] = deque()
         self.closed = closed  # a pool forked while closed stays closed in the child
@@ -464,8 +464,8 @@ class PoolState:
         `shrinking`, or keeps nothing idle and nobody else waits: see `give_back` and
         `_retire`); the caller finishes that return after the lock."""
         if waiter.slot is not None:
-            if self.shrinking or not (self.keeps_idle or self.waiters):
-                self.begin_return(waiter.slot, now)
+            if not self._may_idle():
+                self.begin_return(waiter.slot, now)  # `_retire` decides, in end_return
                 return waiter.slot
             served = self.give_back(waiter.slot, now)
             if served is not None:
@@ -595,7 +595,7 @@ class PoolState:
         """A connection that needs cleaning comes back: park it while the pool cleans it."""
         self.unlease(slot)
         slot.returning_since = now
-        self.returning[id(slot.conn)] = slot
+        self.returning[slot.ident] = slot
 
     def park_idle(self, slots: list[Slot], now: float) -> list[Slot]:
         """Take the given idle connections aside (into `returning`) to be checked outside
@@ -604,7 +604,7 @@ class PoolState:
         for slot in parked:
             self.idle.remove(slot)
             slot.returning_since = now
-            self.returning[id(slot.conn)] = slot
+            self.returning[slot.ident] = slot
         return parked
 
     def end_return(self, slot: Slot, now: float, keep: bool, why: Discard = None) -> bool:
@@ -627,9 +627,9 @@ class PoolState:
         return self._end_aside(slot, now, alive, None if alive else "failed check", used=False)
 
     def _end_aside(self, slot: Slot, now: float, keep: bool, why: Discard, used: bool) -> bool:
-        if slot.reclaiming or self.returning.get(id(slot.conn)) is not slot:
+        if slot.reclaiming or self.returning.get(slot.ident) is not slot:
             return False  # reclaimed: the reclaim frees the slot once it has closed it
-        del self.returning[id(slot.conn)]
+        del self.returning[slot.ident]
         if not keep:
             self._count_discard(why)
         keep = keep and not self.closed and not self._retire()
@@ -650,7 +650,7 @@ class PoolState:
         Nothing more changes if maintenance reclaimed it meanwhile (max_lease).
         """
         self._count_discard(why)
-        if self.leased.get(id(slot.conn)) is not slot:
+        if self.leased.get(slot.ident) is not slot:
             return
         self.unlease(slot)
         self.checkouts -= 1
@@ -659,10 +659,16 @@ class PoolState:
 
     def end_reclaim(self, slot: Slot, now: float) -> None:
         """The pool has closed a connection it took back (`plan_maintenance`): free its slot."""
-        if self.returning.get(id(slot.conn)) is slot:
-            del self.returning[id(slot.conn)]
+        if self.returning.get(slot.ident) is slot:
+            del self.returning[slot.ident]
             self.connections_closed += 1
             self.dispatch(now)
+
+    def _may_idle(self) -> bool:
+        """Can a connection becoming free go straight back (`give_back`)? Not while the pool
+        is `shrinking`, nor in a pool that keeps nothing idle with nobody waiting: then it
+        goes the long way (`begin_return`, `end_return`), where `_retire` closes it."""
+        return not self.shrinking and (self.keeps_idle or bool(self.waiters))
 
     def _retire(self) -> bool:
         """Close the connection now becoming free (already out of the count) instead of
@@ -825,9 +831,9 @@ class PoolState:
         assert self.connecting >= 0
         assert not (self.waiters and self.idle), "a waiter starves next to an idle connection"
         assert self.keeps_idle or not self.idle, "an idle connection in a pool that keeps none"
-        conns = [id(s.conn) for s in self.idle] + list(self.leased) + list(self.returning)
+        conns = [s.ident for s in self.idle] + list(self.leased) + list(self.returning)
         assert len(conns) == len(set(conns)), "a connection is in two places"
         for key, slot in self.keys.items():
-            assert self.leased.get(id(slot.conn)) is slot and slot.key == key, "bad key"
+            assert self.leased.get(slot.ident) is slot and slot.key == key, "bad key"
         used = [s.last_used for s in self.idle]
         assert used == sorted(used), "idle stack is not ordered by last use"
