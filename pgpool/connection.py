@@ -20,7 +20,6 @@ import psycopg2.extensions as ext
 
 from . import watchdog
 from .log import logger
-from .stopper import Stopper
 
 if TYPE_CHECKING:
     from .state import Slot
@@ -181,22 +180,23 @@ def readable(fds: list[int]) -> list[int]:
     return [fd for fd, event in poller.poll(0) if event & events]
 
 
-def close_quietly(conn: Any, stopper: Stopper | None = None) -> None:
-    """Close a connection the pool gives up on; an error here changes nothing. Then free
-    its `stopper` (the Slot's), which is of no use once the connection is closed."""
+def close_quietly(conn: Any) -> None:
+    """Close a connection the pool gives up on; an error here changes nothing."""
     try:
         conn.close()
     except Exception:
         logger.debug("error closing a connection", exc_info=True)
-    finally:
-        if stopper is not None:
-            stopper.release()
 
 
 def discard(slot: Slot) -> None:
     """Close a pooled connection for good: the connection, then what its slot kept to stop
-    it (lock not held). Every connection the pool had a slot for leaves this way."""
-    close_quietly(slot.conn, slot.stopper)
+    it (its Stopper, of no use once the connection is closed). Lock not held. Every
+    connection the pool had a slot for leaves this way."""
+    try:
+        close_quietly(slot.conn)
+    finally:
+        if slot.stopper is not None:
+            slot.stopper.release()
 
 
 def passwords_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
