@@ -439,39 +439,33 @@ class _StandIn:
         return self._replacement if name == self._name else getattr(self._module, name)
 
 
-def test_a_duplicate_the_alarm_could_not_wrap_is_closed(
-    dsn: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The alarm's duplicate was made before its socket object: when making the object
-    failed, nothing held the duplicate and it stayed open for good."""
-    from pgpool import watchdog
+def _ping_fails(conn: Any) -> None:
     from pgpool.connection import ping
 
-    conn = psycopg2.connect(dsn)
-    try:
-        before = _copies(conn.fileno())
-        monkeypatch.setattr(watchdog, "socket", _StandIn(socket, "socket", _fails(errno.ENOMEM)))
-        assert ping(conn, 0.2) is False  # cannot be bounded: it fails (see the next test)
-        monkeypatch.undo()
-        assert _copies(conn.fileno()) == before
-    finally:
-        conn.close()
+    assert ping(conn, 0.2) is False  # cannot be bounded: it fails (see the EMFILE test)
 
 
-def test_a_stopper_closes_the_duplicate_it_could_not_wrap(
-    dsn: str, monkeypatch: pytest.MonkeyPatch
+def _stopper_raises(conn: Any) -> None:
+    from pgpool.stopper import Stopper
+
+    with pytest.raises(OSError):
+        Stopper(conn)
+
+
+@pytest.mark.parametrize("attempt", [_ping_fails, _stopper_raises], ids=["alarm", "stopper"])
+def test_a_duplicate_that_could_not_be_wrapped_is_closed(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, attempt: Callable[[Any], None]
 ) -> None:
-    """The same for the Stopper a new connection gets: its duplicate was made before the
-    socket object that holds it."""
-    from pgpool import stopper, watchdog
+    """A health check's alarm and a new connection's Stopper each keep a duplicate of the
+    socket (watchdog.socket_copy). It was made before the socket object that holds it: when
+    making the object failed, nothing held the duplicate and it stayed open for good."""
+    from pgpool import watchdog
 
     conn = psycopg2.connect(dsn)
     try:
         before = _copies(conn.fileno())
-        # The Stopper makes its copy with watchdog.socket_copy, as an alarm does.
         monkeypatch.setattr(watchdog, "socket", _StandIn(socket, "socket", _fails(errno.ENOMEM)))
-        with pytest.raises(OSError):
-            stopper.Stopper(conn)
+        attempt(conn)
         monkeypatch.undo()
         assert _copies(conn.fileno()) == before
     finally:
