@@ -107,6 +107,16 @@ def _migrate(django: Django) -> None:
     django.run("manage.py", "migrate", "--database", "other", "--noinput", "-v", "0")
 
 
+def _project_on(server: EmbeddedPostgres, django: Django) -> Django:
+    """The test project on `server` (the restartable one) instead of the suite's: its two
+    databases made afresh there, and migrated."""
+    names = _databases(django.series)
+    _create(server.dsn, names)
+    project = Django(django.series, django.python, _environment(django.python, server.dsn, names))
+    _migrate(project)
+    return project
+
+
 @pytest.fixture(scope="module", params=SERIES)
 def django_venv(request: pytest.FixtureRequest) -> Path:
     series: str = request.param
@@ -247,11 +257,7 @@ def test_a_steady_request_makes_no_extra_round_trip(
 ) -> None:
     # Django without a pool sets the time zone and the role on every connection, that is
     # every request; here the pool's configure did it once. The server logs every statement.
-    names = _databases(django.series)
-    _create(restartable_server.dsn, names)
-    project = Django(django.series, django.python,
-                     _environment(django.python, restartable_server.dsn, names))  # fmt: skip
-    _migrate(project)
+    project = _project_on(restartable_server, django)
     role = "pgpool_django_steady"
     restartable_server.execute(f"CREATE ROLE {role}")
     restartable_server.execute("ALTER SYSTEM SET log_statement = 'all'")
@@ -373,11 +379,7 @@ def test_manage_py_test(django: Django, dsn: str, parallel: list[str]) -> None:
 def test_server_restart_under_load_fails_only_requests_in_flight(
     django: Django, restartable_server: EmbeddedPostgres
 ) -> None:
-    names = _databases(django.series)
-    _create(restartable_server.dsn, names)
-    project = Django(django.series, django.python,
-                     _environment(django.python, restartable_server.dsn, names))  # fmt: skip
-    _migrate(project)
+    project = _project_on(restartable_server, django)
     env = {**project.env, "PGPOOL_DJANGO_POOL": json.dumps({"max_size": 4})}
     process = subprocess.Popen(
         [str(project.python), "scenarios.py", "restart"], cwd=PROJECT, env=env, text=True,
