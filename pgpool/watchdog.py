@@ -70,7 +70,10 @@ def socket_copy(fd: int) -> socket.socket:
     duplicate = os.dup(fd)
     try:
         return socket.socket(fileno=duplicate)
-    except BaseException:  # no socket object holds it yet: close it here, or it leaks
+    except OSError:  # socket() failed (out of memory, say): nothing holds it, close it here
+        # Not on an interrupt (BaseException): one can land just after socket() made the
+        # object, which then closes the descriptor itself as it is dropped, and closing the
+        # number a second time could close another thread's new descriptor.
         os.close(duplicate)
         raise
 
