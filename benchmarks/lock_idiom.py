@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import math
 import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -66,15 +69,26 @@ IDIOMS: dict[str, Callable[[threading.Lock], None]] = {
 }
 
 
+class _Armed:
+    """Whether the handler raises. Switched by a plain assignment, not an Event's set() and
+    clear(): those are calls, after which a signal is handled, so disarming in an except
+    clause could itself be interrupted; an assignment cannot."""
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = False
+
+
 @contextmanager
-def _signals() -> Iterator[threading.Event]:
+def _signals() -> Iterator[_Armed]:
     """While inside: a thread sends this process SIGUSR1 every ~20 us, and the handler
-    raises `_Interrupt` in the main thread whenever the event it yields is set."""
-    armed = threading.Event()
+    raises `_Interrupt` in the main thread whenever the switch it yields is on."""
+    armed = _Armed()
     done = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
-        if armed.is_set():
+        if armed.on:
             raise _Interrupt
 
     def signaller() -> None:
@@ -82,6 +96,13 @@ def _signals() -> Iterator[threading.Event]:
             os.kill(os.getpid(), signal.SIGUSR1)
             time.sleep(0.00002)
 
+    # An interrupt can land in a finalizer (__del__, a weakref callback), or in the hook
+    # that reports what one raised. Reports are kept until the signals stop, then the
+    # ones not caused by an interrupt go to the usual hook.
+    reports: list[Any] = []
+
+    old_unraisable = sys.unraisablehook
+    sys.unraisablehook = reports.append
     old_handler = signal.signal(signal.SIGUSR1, handler)
     old_interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # let the signaller run often, so signals land everywhere
@@ -90,27 +111,32 @@ def _signals() -> Iterator[threading.Event]:
         thread.start()
         yield armed
     finally:
-        armed.clear()
+        armed.on = False
         done.set()
         thread.join()
         sys.setswitchinterval(old_interval)
         signal.signal(signal.SIGUSR1, old_handler)
+        sys.unraisablehook = old_unraisable
+        for report in reports:
+            if not isinstance(report.exc_value, _Interrupt):
+                old_unraisable(report)
 
 
-def left_held(idiom: str, seconds: float) -> tuple[int, int]:
+def left_held(idiom: str, seconds: float, enough: float = math.inf) -> tuple[int, int]:
     """(interrupts, times the lock was left held) over `seconds` of signals, around a bare
-    lock taken with `idiom`."""
+    lock taken with `idiom`; sooner once `enough` interrupts have landed (a test counts
+    interrupts, and lets a busy machine take its time to reach them)."""
     loop = IDIOMS[idiom]
     lock = threading.Lock()
     interrupts = held = 0
     with _signals() as armed:
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and interrupts < enough:
             try:
-                armed.set()
+                armed.on = True
                 loop(lock)
             except _Interrupt:
-                armed.clear()
+                armed.on = False
                 interrupts += 1
                 if lock.locked():  # only this thread ever takes it
                     held += 1
@@ -118,9 +144,12 @@ def left_held(idiom: str, seconds: float) -> tuple[int, int]:
     return interrupts, held
 
 
-def pool_left_held(make_pool: Callable[[], Any], seconds: float) -> tuple[int, int]:
+def pool_left_held(
+    make_pool: Callable[[], Any], seconds: float, enough: float = math.inf
+) -> tuple[int, int]:
     """The same around a real pool's getconn + putconn: (interrupts, times the pool's lock
-    was left held). Stops at the first lock left held: that pool would hang every caller.
+    was left held). Stops at the first lock left held (that pool would hang every caller),
+    or once `enough` interrupts have landed.
 
     An interrupt can also land inside a critical section and lose a connection from the
     pool's books (psycopg2.pool then says "connection pool exhausted"; pgpool does not
@@ -128,32 +157,37 @@ def pool_left_held(make_pool: Callable[[], Any], seconds: float) -> tuple[int, i
     """
     pools = [make_pool()]
     interrupts = held = 0
-    try:
-        with _signals() as armed:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline and not held:
-                try:
+    # An interrupt that drops a socket object half-handled (taken out of a list, say, and
+    # not yet closed) leaves it to its finalizer, which closes it and warns: expected here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            with _signals() as armed:
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline and not held and interrupts < enough:
                     try:
-                        armed.set()
-                        while True:
-                            pool = pools[-1]
-                            pool.putconn(pool.getconn())
-                    except _Interrupt:
-                        armed.clear()
-                        interrupts += 1
-                        if pools[-1]._lock.locked():  # nobody else uses this pool
-                            held += 1
-                    except Exception:  # the books lost a connection: start again
-                        armed.clear()
-                        pools.append(make_pool())
-                except _Interrupt:  # landed in a handler above, before it disarmed
-                    armed.clear()
-    finally:
-        for pool in pools:
-            if pool._lock.locked():
-                pool._lock.release()  # a lock left held: let closeall run
-            with contextlib.suppress(Exception):
-                pool.closeall()
+                        try:
+                            armed.on = True
+                            while True:
+                                pool = pools[-1]
+                                pool.putconn(pool.getconn())
+                        except _Interrupt:
+                            armed.on = False
+                            interrupts += 1
+                            if pools[-1]._lock.locked():  # nobody else uses this pool
+                                held += 1
+                        except Exception:  # the books lost a connection: start again
+                            armed.on = False
+                            pools.append(make_pool())
+                    except _Interrupt:  # landed in the recovery above, before it disarmed
+                        armed.on = False
+        finally:
+            for pool in pools:
+                if pool._lock.locked():
+                    pool._lock.release()  # a lock left held: let closeall run
+                with contextlib.suppress(Exception):
+                    pool.closeall()
+            gc.collect()  # what the interrupts dropped is finalized while the filter holds
     return interrupts, held
 
 

@@ -16,8 +16,9 @@ POSIX = pytest.mark.skipif(sys.platform == "win32", reason="SIGUSR1 is POSIX")
 
 @POSIX
 def test_with_never_leaves_the_lock_held() -> None:
-    interrupts, held = lock_idiom.left_held("with", 0.5)
-    assert interrupts > 100  # the signals did land: the loop was interrupted, many times
+    # Counts interrupts, not time: a busy machine gets a generous deadline to reach them.
+    interrupts, held = lock_idiom.left_held("with", 60.0, enough=500)
+    assert interrupts >= 500  # the signals did land: the loop was interrupted, many times
     assert held == 0
 
 
@@ -27,9 +28,9 @@ def test_a_signal_never_leaves_pgpool_locked(dsn: str) -> None:
     interrupt may land anywhere in them, and the pool's lock is never left held (psycopg2.pool's
     is, within a few interrupts: `python -m benchmarks.lock_idiom --dsn DSN`)."""
     interrupts, held = lock_idiom.pool_left_held(
-        lambda: pgpool.ThreadedConnectionPool(1, 1, dsn, timeout=1), 2.0
+        lambda: pgpool.ThreadedConnectionPool(1, 1, dsn, timeout=1), 60.0, enough=500
     )
-    assert interrupts > 20
+    assert interrupts >= 500
     assert held == 0
 
 
