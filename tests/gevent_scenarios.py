@@ -150,16 +150,18 @@ def fork() -> None:
             parent_pid = query(conn, "SELECT pg_backend_pid()")
         read, write = os.pipe()
         child = os.fork()
-        if child == 0:  # the child: report through the pipe, then leave at once
+        if child == 0:  # the child: report through the pipe, then end as a program does
             try:
                 with pool.connection() as conn:
                     figures = {"child_backend": query(conn, "SELECT pg_backend_pid()")}
             except BaseException as error:
                 figures = {"child_error": repr(error)}
             os.write(write, json.dumps(figures).encode())
-            os._exit(0)
+            # sys.exit, not os._exit: the pool's `with` and the exit handlers run, and a
+            # child that hangs in them is caught below.
+            sys.exit(0)
         os.close(write)
-        _, status = os.waitpid(child, 0)
+        status = _wait_for_child(child, 15.0)
         child_figures = json.loads(os.read(read, 4096) or b"{}")
         os.close(read)
         with pool.connection() as conn:
@@ -171,6 +173,19 @@ def fork() -> None:
             child_status=status,
             **child_figures,
         )
+
+
+def _wait_for_child(pid: int, seconds: float) -> int | str:
+    """The child's wait status, or "hung" (then it is killed) if it has not ended in time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return "hung"
 
 
 SCENARIOS: dict[str, Callable[[], None]] = {
